@@ -1,0 +1,3 @@
+"""recsys: a GPU-accelerated deep recommender research framework."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from recsys.cli.main import main
+
+main()

@@ -1,0 +1,79 @@
+"""``recsys <command> [hydra overrides...]``: one console script, one Hydra app
+per subcommand over the shared ``configs/`` tree.
+
+Imports are lazy: ``recsys data stats`` and ``recsys data validate`` never import
+torch or Lightning.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable
+
+from recsys.cli.config import config_dir, register_resolvers
+
+#: command words -> (root config name, "module:function")
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("data", "stats"): ("data_stats", "recsys.cli.data_cmd:stats"),
+    ("data", "validate"): ("data_validate", "recsys.cli.data_cmd:validate"),
+    ("evaluate",): ("evaluate", "recsys.cli.evaluate_cmd:evaluate"),
+    ("demo",): ("demo", "recsys.cli.demo_cmd:demo"),
+}
+
+USAGE = """usage: recsys <command> [key=value ...] [-m] [--cfg job]
+
+commands:
+  data stats     data=<preset>                         dataset statistics as JSON
+  data validate  path=<file> format=<seqtxt|recbole|csv|parquet>
+  evaluate       model=<popularity|random|markov> data=<preset> split=<loo|temporal>
+  demo           synthetic data -> fit baselines -> evaluate -> results table
+
+Every argument after the command is a Hydra override (e.g. paths.data_root=/data,
+hydra.run.dir=runs/x, -m for sweeps). Configs: {configs}
+"""
+
+
+def _resolve(target: str) -> Callable:
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _guarded(fn: Callable) -> Callable:
+    """Turn user-facing errors into one line on stderr and exit code 2."""
+
+    def task(cfg):  # noqa: ANN001 - DictConfig, imported lazily
+        from recsys.utils.errors import RecsysError
+
+        try:
+            return fn(cfg)
+        except RecsysError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+
+    task.__name__ = fn.__name__
+    task.__module__ = fn.__module__
+    return task
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.format(configs=config_dir()))
+        return
+    for words, (config_name, target) in COMMANDS.items():
+        if tuple(argv[: len(words)]) == words:
+            break
+    else:
+        print(f"error: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
+        print(USAGE.format(configs=config_dir()), file=sys.stderr)
+        sys.exit(2)
+    import hydra
+
+    register_resolvers()
+    sys.argv = [f"recsys-{'-'.join(words)}", *argv[len(words):]]
+    app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
+    app(_guarded(_resolve(target)))()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Metrics on arrays: exact full ranking, beyond-accuracy (OPE, A/B, fairness later)."""
