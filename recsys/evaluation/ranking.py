@@ -131,7 +131,10 @@ def evaluate_ranking(
 
 def _scores(score_fn: ScoreFn, users: np.ndarray, hist: CSR, n_items: int, device: torch.device) -> torch.Tensor:
     scores = score_fn(users, hist)
-    scores = torch.as_tensor(scores).to(device=device, dtype=torch.float32).clone()
+    if isinstance(scores, np.ndarray):  # may be a read-only broadcast view: copy
+        scores = torch.tensor(scores, dtype=torch.float32, device=device)
+    else:
+        scores = scores.to(device=device, dtype=torch.float32).clone()
     expected = (len(users), n_items + 1)
     if tuple(scores.shape) != expected:
         raise ValueError(f"score function returned shape {tuple(scores.shape)}, expected {expected}")

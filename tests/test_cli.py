@@ -1,0 +1,143 @@
+"""The console script: bad input -> one line on stderr + exit 2; summaries; lean startup."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "recsys", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=full_env, timeout=300)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# (file name, content, format, phrases the one-line error must contain)
+BAD = [
+    ("missing.txt", None, "seqtxt", ["missing.txt", "not found"]),
+    ("empty.txt", "", "seqtxt", ["empty.txt", "empty"]),
+    ("tokens.txt", "1 2 3\n2 4 x5\n", "seqtxt", ["tokens.txt:2", "x5"]),
+    ("trunc.txt", "1 2 3\n2 4 5", "seqtxt", ["trunc.txt:2", "truncated"]),
+    ("nocol.inter", "user_id:token\trating:float\n1\t3\n", "recbole", ["nocol.inter", "item_id"]),
+    ("dtype.inter", "user_id:token\titem_id:token\trating:float\n1\t2\t3\n1\t3\tabc\n", "recbole",
+     ["dtype.inter:3", "rating", "abc"]),
+    ("nullid.inter", "user_id:token\titem_id:token\trating:float\n1\t\t3\n", "recbole", ["nullid.inter:2", "item_id"]),
+    ("dup.inter", "user_id:token\titem_id:token\n1\t2\nuser_id:token\titem_id:token\n3\t4\n", "recbole",
+     ["dup.inter:3", "duplicate header"]),
+    ("negts.csv", "user_id,item_id,timestamp\n1,2,5\n1,3,-4\n", "csv", ["negts.csv", "timestamp", "negative"]),
+    ("nants.csv", "user_id,item_id,timestamp\n1,2,5\n1,3,nan\n", "csv", ["nants.csv", "timestamp"]),
+    ("trunc.csv", "user_id,item_id,timestamp\n1,2,5\n1,3", "csv", ["trunc.csv:3", "truncated"]),
+]
+
+
+@pytest.mark.parametrize("name,content,fmt,phrases", BAD, ids=[b[0] for b in BAD])
+def test_validate_bad_input_exits_2_with_one_line(tmp_path, name, content, fmt, phrases):
+    path = tmp_path / name
+    if content is not None:
+        _write(path, content)
+    res = run("data", "validate", f"path={path}", f"format={fmt}", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ")
+    for phrase in phrases:
+        assert phrase.lower() in lines[0].lower(), (phrase, lines[0])
+    assert list(tmp_path.iterdir()) == ([path] if content is not None else [])  # nothing written
+
+
+def test_validate_good_file(tmp_path):
+    path = _write(tmp_path / "ok.txt", "1 1 2 3\n2 2 3\n")
+    res = run("data", "validate", f"path={path}", "format=seqtxt", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["valid"] is True and out["n_users"] == 2 and out["n_items"] == 3
+
+
+def test_unknown_command_exits_2():
+    res = run("frobnicate")
+    assert res.returncode == 2 and "unknown command" in res.stderr
+
+
+def test_data_stats_does_not_import_torch(tmp_path):
+    path = _write(tmp_path / "s.txt", "1 1 2 3\n2 2 3\n")
+    code = (
+        "import sys; from recsys.cli.main import main\n"
+        f"main(['data', 'validate', 'path={path}', 'format=seqtxt'])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("NO_TORCH")
+
+
+@pytest.fixture
+def tiny_synthetic(tmp_path):
+    return ["data.n_users=300", "data.n_items=150", f"paths.cache_dir={tmp_path / 'cache'}"]
+
+
+def test_evaluate_writes_summary_in_given_run_dir(tmp_path, tiny_synthetic):
+    run_dir = tmp_path / "run"
+    res = run("evaluate", "model=popularity", *tiny_synthetic, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 < summary["test/ndcg@10"] < 1
+    assert summary["test/n_users"] == 300
+    assert len(summary["data"]["fingerprint"]) == 64
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # second run reuses the cache: same fingerprint, same numbers
+    res2 = run("evaluate", "model=popularity", *tiny_synthetic, f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    summary2 = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert res2.returncode == 0
+    assert summary2["data"]["fingerprint"] == summary["data"]["fingerprint"]
+    assert summary2["test/ndcg@10"] == summary["test/ndcg@10"]
+
+
+def test_evaluate_sweep_with_multirun(tmp_path, tiny_synthetic):
+    res = run("evaluate", "-m", "model=popularity,markov", *tiny_synthetic,
+              f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    ndcg = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["test/ndcg@10"] for i in (0, 1)]
+    assert ndcg[1] > ndcg[0]  # markov beats popularity on the sequential synthetic world
+
+
+def test_demo_end_to_end(tmp_path, tiny_synthetic):
+    run_dir = tmp_path / "demo"
+    res = run("demo", *tiny_synthetic, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "test/ndcg@10" in res.stdout  # the results table
+    summary = json.loads((run_dir / "summary.json").read_text())
+    results = summary["results"]
+    assert set(results) == {"popularity", "random", "markov"}
+    assert results["markov"]["test/ndcg@10"] > results["popularity"]["test/ndcg@10"] > results["random"]["test/ndcg@10"]
+    assert summary["data"]["fingerprint"] and summary["environment"]["versions"]["numpy"]
+
+
+def _data_file(rel: str) -> Path:
+    root = Path(os.environ.get("RECSYS_DATA_ROOT", ROOT.parent / "shared" / "datasets"))
+    path = root / rel
+    if not path.is_file():
+        pytest.skip(f"real data set not found at {path} (set RECSYS_DATA_ROOT)")
+    return path
+
+
+@pytest.mark.data
+def test_beauty_stats(tmp_path):
+    path = _data_file("amazon-beauty/Beauty.txt")
+    res = run("data", "stats", "data=beauty", f"paths.data_root={path.parents[1]}",
+              f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(res.stdout)
+    assert (stats["n_users"], stats["n_items"], stats["n_interactions"]) == (22363, 12101, 198502)
+    for key in ("density", "seq_len_mean", "seq_len_median", "seq_len_max"):
+        assert key in stats

@@ -1,0 +1,77 @@
+"""Every config composes and every ``_target_`` instantiates."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.cli.config import config_dir, register_resolvers
+from recsys.cli.main import COMMANDS
+
+CONFIGS = config_dir()
+ROOTS = sorted({name for name, _ in COMMANDS.values()})
+GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
+# groups whose options need a user-given path
+NEEDS = {("data", "csv"): ["data.loader.path=x.csv"], ("data", "parquet"): ["data.loader.path=x.parquet"]}
+
+
+def _compose(name: str, overrides: list[str] = ()) -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def _targets(node, path=""):
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+            return
+        for k in node:
+            yield from _targets(node[k], f"{path}.{k}" if path else str(k))
+
+
+def test_every_command_has_a_root_config():
+    for name in ROOTS:
+        assert (CONFIGS / f"{name}.yaml").is_file(), name
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_root_configs_compose(root):
+    overrides = ["path=x", "format=seqtxt"] if root == "data_validate" else []
+    cfg = _compose(root, overrides)
+    assert cfg.paths.root == str(Path(CONFIGS).parent)
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, p.stem) for g in GROUPS for p in sorted((CONFIGS / g).glob("*.yaml"))],
+)
+def test_every_group_option_instantiates(group, option):
+    root = "evaluate"
+    cfg = _compose(root, [f"{group}={option}", *NEEDS.get((group, option), [])])
+    found = list(_targets(cfg[group], group))
+    assert found, f"{group}/{option} has no _target_"
+    for path, node in found:
+        obj = instantiate(node)
+        assert obj is not None, path
+
+
+def test_demo_models_instantiate():
+    cfg = _compose("demo")
+    names = []
+    for name, node in cfg.models.items():
+        model = instantiate(node)
+        assert hasattr(model, "fit") and hasattr(model, "score")
+        names.append(name)
+    assert {"popularity", "random", "markov"} <= set(names)
+
+
+def test_data_root_is_overridable(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECSYS_DATA_ROOT", str(tmp_path))
+    cfg = _compose("evaluate", ["data=beauty"])
+    assert OmegaConf.select(cfg, "data.loader.path") == f"{tmp_path}/amazon-beauty/Beauty.txt"
+    cfg = _compose("evaluate", ["data=beauty", "paths.data_root=/elsewhere"])
+    assert cfg.data.loader.path == "/elsewhere/amazon-beauty/Beauty.txt"
