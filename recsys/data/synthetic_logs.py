@@ -1,4 +1,5 @@
-"""Ground-truth formulas, clickstream and impression logs of the synthetic world.
+"""Behaviour of the synthetic world: ground-truth formulas, consumption
+sequences, clickstream and impression logs.
 
 Plain functions over the ``truth`` dict of :mod:`recsys.data.synthetic` (numpy +
 pyarrow only). Everything is vectorised over events/requests; dense
@@ -19,7 +20,9 @@ Truth formulas (``u`` user, ``j`` item, raw integer ids = array rows, row 0 padd
 """
 from __future__ import annotations
 
-from typing import Any
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -107,7 +110,8 @@ def cap_probs(p: np.ndarray, cap: float) -> np.ndarray:
     return p
 
 
-def logging_probs(truth: dict[str, np.ndarray], users: np.ndarray, temperature: float, slate_size: int) -> np.ndarray:
+def logging_probs(truth: dict[str, np.ndarray], users: np.ndarray, temperature: float,
+                  slate_size: int) -> np.ndarray:
     """Logging distribution per request: (n, n_items + 1), column 0 = 0, rows sum to 1."""
     u = np.asarray(users, dtype=np.int64)
     lv = truth["logger_item_factors"][1:]
@@ -147,6 +151,107 @@ def id_strings(n: int, prefix: str = "") -> pa.Array:
     return pc.binary_join_element_wise(prefix, s, "") if prefix else s
 
 
+def gumbel_topk(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Plackett-Luce sample of ``k`` columns without replacement per row, in draw
+    order: (r, m) float32 logits (overwritten) -> (r, k) column indices. Keys
+    ``exp(l) / E`` with ``E ~ Exp(1)`` order like ``l + Gumbel``."""
+    m = logits.shape[1]
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    noise = rng.standard_exponential(logits.shape, dtype=np.float32)
+    noise += np.float32(1e-30)  # an exact 0 would give an infinite key
+    np.divide(logits, noise, out=logits)
+    top = np.argpartition(logits, m - k, axis=1)[:, m - k:]
+    order = np.argsort(-np.take_along_axis(logits, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+def topk_rows(n_rows: int, n_cols: int, logits_fn: Callable[[np.ndarray], np.ndarray], ks: np.ndarray,
+               seed_words: tuple[int, ...]) -> np.ndarray:
+    """Gumbel top-``ks[row]`` for rows ``1..n_rows`` of ``logits_fn(rows) -> (r,
+    n_cols) float32``, block by block on a thread pool (numpy releases the GIL);
+    block ``i`` uses the generator ``seed_words + (i,)``, so the result does not
+    depend on scheduling. Returns (n_rows + 1, max k) raw ids (column + 1), 0-padded."""
+    out = np.zeros((n_rows + 1, int(ks.max())), dtype=np.int64)
+
+    def work(block: tuple[int, tuple[int, int]]) -> None:
+        i, (s, e) = block
+        rows = np.arange(s, e) + 1
+        k = int(ks[rows].max())
+        out[rows, :k] = gumbel_topk(logits_fn(rows), k, np.random.default_rng([*seed_words, i])) + 1
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, enumerate(blocks(n_rows, n_cols))))
+    return out
+
+
+def static_prefix(truth: dict[str, np.ndarray], seed_words: tuple[int, ...]) -> np.ndarray:
+    """Per user, a Plackett-Luce order of the first ``seq_len[u]`` items under the
+    static weights ``exp(U.V + beta b)``: (n_users+1, max_len) raw ids, 0-padded."""
+    lens = truth["seq_len"]
+    u32, v32 = truth["user_factors"].astype(np.float32), truth["item_factors"][1:].astype(np.float32)
+    beta, bias = truth["user_pop_sensitivity"].astype(np.float32), truth["item_bias"][1:].astype(np.float32)
+
+    def logits(rows: np.ndarray) -> np.ndarray:
+        return u32[rows] @ v32.T + beta[rows, None] * bias[None, :]
+
+    return topk_rows(len(lens) - 1, len(bias), logits, lens, seed_words)
+
+
+def generate_sequences(truth: dict[str, np.ndarray], rho: float, seed_words: tuple[int, ...]) -> np.ndarray:
+    """Consumed items per user: (n_users+1, max_len) raw ids, 0 beyond ``seq_len``.
+
+    One vectorised step per position; users sorted by length so that the active
+    users at step ``t`` are a prefix of the rows. A step follows a transition
+    with prob ``rho`` (see :mod:`recsys.data.synthetic`), else takes the next
+    not-yet-consumed item of the user's Plackett-Luce order
+    (:func:`static_prefix`). That is an exact draw from the static weights
+    restricted to the unconsumed items: every earlier static pick was the
+    Gumbel argmax of its then-available set, which only tells the later keys
+    that they lie below a common threshold, and the argmax of Gumbels is
+    independent of their max. At most ``seq_len[u]`` entries of the order are
+    ever examined, so a prefix of that length suffices.
+    """
+    lens = truth["seq_len"]
+    order = np.argsort(-lens[1:], kind="stable") + 1  # user ids, longest first
+    prefix, ls = static_prefix(truth, (*seed_words, 0))[order], lens[order]
+    rng = np.random.default_rng([*seed_words, 1])
+    uf, vf = truth["user_factors"][order], truth["item_factors"]
+    succ_all, tprob = truth["transitions"], truth["transition_probs"]
+    seq = np.zeros((len(order), int(ls.max())), dtype=np.int64)
+    ptr = np.zeros(len(order), dtype=np.int64)
+    for t in range(seq.shape[1]):
+        m = int((ls > t).sum())
+        r_follow, r_lag, r_pick = rng.random(m), rng.random(m), 1.0 - rng.random(m)
+        hist, choice = seq[:m, :t], np.zeros(m, dtype=np.int64)
+        if t >= 1:
+            src = seq[:m, t - 1]
+            if t >= 2:
+                src = np.where(r_lag < truth["lag_weights"][1], seq[:m, t - 2], src)
+            f = np.flatnonzero(r_follow < rho)
+            succ = succ_all[src[f]]  # (F, K)
+            avail = ~(hist[f][:, :, None] == succ[:, None, :]).any(axis=1)
+            w = tprob[src[f]] * np.exp(np.einsum("fd,fkd->fk", uf[f], vf[succ])) * avail
+            cum = np.cumsum(w, axis=1)
+            pick = np.minimum((cum < (r_pick[f] * cum[:, -1])[:, None]).sum(axis=1), succ.shape[1] - 1)
+            ok = cum[:, -1] > 0
+            choice[f[ok]] = succ[ok, pick[ok]]
+        static = np.flatnonzero(choice == 0)
+        cand = prefix[static, ptr[static]]
+        pending = np.arange(len(static))
+        while len(pending):  # skip items already consumed through transitions
+            used = (hist[static[pending]] == cand[pending][:, None]).any(axis=1)
+            pending = pending[used]
+            ptr[static[pending]] += 1
+            cand[pending] = prefix[static[pending], ptr[static[pending]]]
+        choice[static] = cand
+        ptr[static] += 1
+        seq[:m, t] = choice
+    out = np.zeros((len(lens), seq.shape[1]), dtype=np.int64)
+    out[order] = seq
+    return out
+
+
 def _browse_items(truth: dict[str, np.ndarray], anchor: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Viewed-but-not-necessarily-clicked items: half a successor of ``anchor`` (the
     item about to be consumed), half a popularity draw. (N,) -> (N,)."""
@@ -159,16 +264,17 @@ def _browse_items(truth: dict[str, np.ndarray], anchor: np.ndarray, rng: np.rand
     return np.where(rng.random(n) < 0.5, similar, np.minimum(popular, len(pop)))
 
 
-def _session_starts(cfg: Any, truth: dict[str, np.ndarray], sess_user: np.ndarray, first_sess: np.ndarray,
+def _session_starts(cfg: Any, sess_user: np.ndarray, first_sess: np.ndarray,
                     span: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Start time of every session (S,): each user's sessions follow each other
-    with gaps > 30 minutes, spread over part of a ~90-day window."""
+    with gaps > 30 minutes; the gaps split an active span of 25-95% of a ~90-day
+    window at uniform random points (normalised exponential spacings)."""
     n_users = cfg.n_users
-    n_sess = np.bincount(sess_user, minlength=n_users + 1)
     active = HISTORY_DAYS * DAY * rng.uniform(0.25, 0.95, n_users + 1)  # (n_users+1,)
     user_start = cfg.start_time + rng.random(n_users + 1) * (HISTORY_DAYS * DAY - active)
-    mean_gap = active / np.maximum(n_sess - 1, 1)
-    gap = SESSION_GAP + 1.0 + rng.standard_exponential(len(sess_user)) * mean_gap[sess_user]
+    spacing = rng.standard_exponential(len(sess_user)) * ~first_sess
+    total = np.bincount(sess_user, weights=spacing, minlength=n_users + 1) + rng.standard_exponential(n_users + 1)
+    gap = SESSION_GAP + 1.0 + active[sess_user] * spacing / total[sess_user]
     prev_span = np.concatenate([[0.0], span[:-1]])
     delta = np.where(first_sess, 0.0, gap + prev_span)
     cs = np.cumsum(delta)
@@ -217,7 +323,7 @@ def build_events(cfg: Any, truth: dict[str, np.ndarray], seq_user: np.ndarray, s
     offset = excl - excl[sess_first][ev_sess]
     span = offset[np.concatenate([sess_first[1:], [len(owner)]]) - 1]
     sess_user = seq_user[new_sess]
-    start = _session_starts(cfg, truth, sess_user, seq_step[new_sess] == 0, span, rng)
+    start = _session_starts(cfg, sess_user, seq_step[new_sess] == 0, span, rng)
     ts = start[ev_sess] + offset
 
     value = np.where(kind == 4, price[owner], dwell)
