@@ -141,3 +141,27 @@ def test_beauty_stats(tmp_path):
     assert (stats["n_users"], stats["n_items"], stats["n_interactions"]) == (22363, 12101, 198502)
     for key in ("density", "seq_len_mean", "seq_len_median", "seq_len_max"):
         assert key in stats
+
+
+def test_bad_config_value_exits_2(tmp_path, tiny_synthetic):
+    res = run("data", "stats", *tiny_synthetic, "data.loader.slate_size=0", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == ["error: bad synthetic data config: SyntheticConfig: need "
+                                               "slate_size >= 1 and n_requests >= 1"]
+
+
+def test_missing_data_root_names_the_file(tmp_path):
+    res = run("evaluate", "data=beauty", f"paths.data_root={tmp_path / 'nowhere'}",
+              f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "nowhere/amazon-beauty/Beauty.txt: file not found" in res.stderr
+    assert not (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "cache").exists()
+
+
+def test_temporal_split_on_ordinal_data_exits_2(tmp_path):
+    path = _write(tmp_path / "s.txt", "1 1 2 3\n2 2 3 4\n")
+    res = run("evaluate", "data=csv", "data.loader._target_=recsys.data.loaders.SeqTxtLoader",
+              f"data.loader.path={path}", "~data.loader.delimiter", "~data.loader.columns",
+              "~data.loader.timestamp_unit", "split=temporal", f"hydra.run.dir={tmp_path / 'run'}",
+              f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert res.returncode == 2 and "ordinal" in res.stderr

@@ -46,9 +46,14 @@ def _guarded(fn: Callable) -> Callable:
 
         try:
             return fn(cfg)
-        except RecsysError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(e.exit_code)
+        except Exception as e:  # hydra's instantiate wraps errors: look down the chain
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, RecsysError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
+            sys.exit(cause.exit_code)
 
     task.__name__ = fn.__name__
     task.__module__ = fn.__module__

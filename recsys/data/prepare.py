@@ -82,7 +82,11 @@ class PreparedData:
 
 
 def fingerprint(loader: Loader, filters: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
-    sources = [{"path": str(p), "sha256": sha256_file(p)} for p in loader.source_files()]
+    files = loader.source_files()
+    for p in files:
+        if not Path(p).is_file():
+            raise DataError(p, "file not found" if not Path(p).exists() else "is not a regular file")
+    sources = [{"path": str(p), "sha256": sha256_file(p)} for p in files]
     key = {
         "version": PREPARE_VERSION,
         "loader": type(loader).__module__ + "." + type(loader).__qualname__,

@@ -25,7 +25,10 @@ class SyntheticLoader:
             raise RecsysError(f"unknown synthetic data option(s) {unknown}; valid: {sorted(names)}")
         if "channels" in overrides:
             overrides["channels"] = tuple(overrides["channels"])
-        self.config = SyntheticConfig(**overrides)
+        try:
+            self.config = SyntheticConfig(**overrides)
+        except (TypeError, ValueError) as e:
+            raise RecsysError(f"bad synthetic data config: {e}") from None
 
     def load(self) -> LoadedData:
         world = generate_world(self.config)
