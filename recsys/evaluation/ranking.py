@@ -64,7 +64,7 @@ def evaluate_ranking(
     *,
     exclude_history: bool = True,
     ties: str = "index",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     top_k: int = 0,
     keep_per_user: bool = False,
@@ -78,6 +78,8 @@ def evaluate_ranking(
         targets: held-out items per user; users with none are skipped.
         n_items: catalogue size (item ids are ``1..n_items``).
         ks: cut-offs; any K is allowed, including K > n_items.
+        batch_size: users per chunk (``None``: :func:`auto_batch_size`); results are
+            identical at any value.
         top_k: also return each user's top-``top_k`` list (for beyond-accuracy metrics).
 
     Returns:
@@ -93,6 +95,7 @@ def evaluate_ranking(
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
     has_target = targets.lengths() > 0
     device = torch.device(device) if device is not None else default_device()
+    batch_size = batch_size or auto_batch_size(n_items, device)
 
     per_user: dict[str, list[np.ndarray]] = {}
     tops: list[np.ndarray] = []
@@ -127,6 +130,13 @@ def evaluate_ranking(
         per_user=values if keep_per_user else {},
         top_items=np.concatenate(tops) if tops else None,
     )
+
+
+def auto_batch_size(n_items: int, device: torch.device) -> int:
+    """Users per chunk: ~2M scores on CPU (stays in cache: 128 users x 12k items
+    ran 2.4x faster than 2048 on Beauty), ~128M on a GPU."""
+    budget = 2**27 if device.type == "cuda" else 2**21
+    return max(16, budget // (n_items + 1))
 
 
 def _scores(score_fn: ScoreFn, users: np.ndarray, hist: CSR, n_items: int, device: torch.device) -> torch.Tensor:
@@ -177,12 +187,10 @@ def _ranks_by_count(scores: torch.Tensor, tgt: torch.Tensor, t_scores: torch.Ten
     out = torch.empty_like(tgt)
     for j in range(tgt.shape[1]):
         s = t_scores[:, j : j + 1]
-        greater = (scores > s).sum(1)
-        if ties == "index":
-            ahead = ((scores == s) & (ids < tgt[:, j : j + 1])).sum(1)
+        if ties == "index":  # one fused pass: strictly better, or equal with a lower id
+            out[:, j] = ((scores > s) | ((scores == s) & (ids < tgt[:, j : j + 1]))).sum(1)
         else:  # pessimistic: every other item with an equal score comes first
-            ahead = (scores == s).sum(1) - 1
-        out[:, j] = greater + ahead
+            out[:, j] = (scores >= s).sum(1) - 1
     return out
 
 
@@ -204,7 +212,17 @@ def top_k_items(scores: torch.Tensor, k: int) -> torch.Tensor:
     above = scores > v
     need = kk - above.sum(1, keepdim=True)
     at = scores == v
-    chosen = above | (at & (at.cumsum(1) <= need))
+    chosen = above | at
+    excess = at.sum(1, keepdim=True) > need  # more ties at the threshold than places left
+    rows = excess.squeeze(1).nonzero().squeeze(1)
+    if len(rows):  # keep only the lowest ids among the tied items of those rows
+        r, c = at[rows].nonzero().unbind(1)  # row-major: ids ascending within a row
+        counts = torch.bincount(r, minlength=len(rows))
+        rank_in_row = torch.arange(len(r), device=scores.device) - (torch.cumsum(counts, 0) - counts)[r]
+        keep = rank_in_row < need[rows, 0][r]
+        sel = above[rows]
+        sel[r[keep], c[keep]] = True
+        chosen[rows] = sel
     idx = chosen.nonzero()[:, 1].view(B, kk)  # exactly kk per row, ascending ids
     s = scores.gather(1, idx)
     order = torch.sort(s, dim=1, descending=True, stable=True).indices

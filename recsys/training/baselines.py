@@ -25,7 +25,7 @@ class EvalOptions:
     ks: Sequence[int] = (5, 10, 20)
     exclude_history: bool = True
     ties: str = "index"
-    batch_size: int = 2048
+    batch_size: int | None = None
     beyond_k: int = 10
     device: str | None = None
     item_category_column: str | None = "category"
