@@ -69,11 +69,14 @@ def test_unknown_command_exits_2():
     assert res.returncode == 2 and "unknown command" in res.stderr
 
 
-def test_data_stats_does_not_import_torch(tmp_path):
+@pytest.mark.parametrize("command", ["validate", "stats"])
+def test_data_commands_do_not_import_torch(tmp_path, command):
     path = _write(tmp_path / "s.txt", "1 1 2 3\n2 2 3\n")
+    args = (["data", "validate", f"path={path}", "format=seqtxt"] if command == "validate" else
+            ["data", "stats", "data.n_users=50", "data.n_items=60", f"paths.cache_dir={tmp_path}"])
     code = (
         "import sys; from recsys.cli.main import main\n"
-        f"main(['data', 'validate', 'path={path}', 'format=seqtxt'])\n"
+        f"main({args!r})\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
