@@ -1,6 +1,11 @@
 """Small builders shared by tests (tests only; library code never imports this)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pyarrow as pa
 
 from recsys.data.base import LoadedData
@@ -22,3 +27,13 @@ def prepared(rows: list[tuple[str, str, float]], timestamp_kind: str = "unix") -
     data = build(LoadedData(events_table(rows), timestamp_kind=timestamp_kind), "t", {})
     data.meta["fingerprint"] = "test"
     return data
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m recsys <args>`` in a subprocess (real exit codes, real argv handling)."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "recsys", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=full_env, timeout=600)

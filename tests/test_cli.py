@@ -9,13 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "recsys", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=full_env, timeout=300)
+from tests.helpers import ROOT, run
 
 
 def _write(path: Path, text: str) -> Path:

@@ -7,6 +7,7 @@ torch or Lightning.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -17,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "stats"): ("data_stats", "recsys.cli.data_cmd:stats"),
     ("data", "validate"): ("data_validate", "recsys.cli.data_cmd:validate"),
     ("evaluate",): ("evaluate", "recsys.cli.evaluate_cmd:evaluate"),
+    ("train",): ("train", "recsys.cli.train_cmd:train"),
     ("demo",): ("demo", "recsys.cli.demo_cmd:demo"),
 }
 
@@ -26,6 +28,7 @@ commands:
   data stats     data=<preset>                         dataset statistics as JSON
   data validate  path=<file> format=<seqtxt|recbole|csv|parquet>
   evaluate       model=<popularity|random|markov> data=<preset> split=<loo|temporal>
+  train          experiment=<sasrec_beauty|...> [net=... loss=... trainer=cpu|gpu|ddp|ddp_cpu]
   demo           synthetic data -> fit baselines -> evaluate -> results table
 
 Every argument after the command is a Hydra override (e.g. paths.data_root=/data,
@@ -60,22 +63,39 @@ def _guarded(fn: Callable) -> Callable:
     return task
 
 
+_COMMAND_ENV = "RECSYS_COMMAND"
+
+
+def _match(argv: list[str]) -> tuple[str, ...] | None:
+    for words in COMMANDS:
+        if tuple(argv[: len(words)]) == words:
+            return words
+    # a DDP child process (Lightning sets LOCAL_RANK) gets only the overrides
+    env = os.environ.get(_COMMAND_ENV)
+    if env and "LOCAL_RANK" in os.environ and tuple(env.split()) in COMMANDS:
+        return tuple(env.split())
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE.format(configs=config_dir()))
         return
-    for words, (config_name, target) in COMMANDS.items():
-        if tuple(argv[: len(words)]) == words:
-            break
-    else:
+    words = _match(argv)
+    if words is None:
         print(f"error: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
         print(USAGE.format(configs=config_dir()), file=sys.stderr)
         sys.exit(2)
+    config_name, target = COMMANDS[words]
+    rest = argv[len(words):] if tuple(argv[: len(words)]) == words else argv
     import hydra
 
     register_resolvers()
-    sys.argv = [f"recsys-{'-'.join(words)}", *argv[len(words):]]
+    # Lightning's DDP launcher re-runs ``sys.argv`` (plus hydra overrides) for the
+    # other ranks: keep the real program in argv[0] and pass the command by env.
+    os.environ[_COMMAND_ENV] = " ".join(words)
+    sys.argv = [sys.argv[0], *rest]
     app = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
     app(_guarded(_resolve(target)))()
 

@@ -104,32 +104,39 @@ def evaluate_ranking(
         chunk = rows[start : start + batch_size]
         hist = history.take(chunk)
         scores = _scores(score_fn, users[chunk], hist, n_items, device)
-        if exclude_history:
-            _mask(scores, hist)
-        else:
-            scores[:, 0] = _NEG_INF
+        exclude(scores, hist if exclude_history else None)
         if top_k:
             tops.append(top_k_items(scores, top_k).cpu().numpy())
         keep = has_target[chunk]
         if not keep.any():
             continue
         tgt = targets.take(chunk[keep])
-        ranks = target_ranks(scores[torch.as_tensor(keep, device=device)], tgt, ties=ties)
-        for name, values in _metrics_from_ranks(ranks, torch.as_tensor(tgt.lengths(), device=device), ks).items():
-            per_user.setdefault(name, []).append(values.cpu().numpy())
+        values = chunk_metrics(scores[torch.as_tensor(keep, device=device)], tgt, ks, ties=ties)
+        for name, v in values.items():
+            per_user.setdefault(name, []).append(v.cpu().numpy())
 
-    n_eval = int(has_target.sum())
     values = {name: np.concatenate(v) for name, v in per_user.items()}
-    # math.fsum is exactly rounded, so the mean does not depend on the chunking
-    metrics = {name: math.fsum(v) / n_eval for name, v in values.items()}
-    if not n_eval:
-        metrics = {name: float("nan") for name in _metric_names(ks)}
+    metrics = aggregate(values) if values else {name: float("nan") for name in _metric_names(ks)}
     return RankingResult(
-        metrics=dict(sorted(metrics.items())),
-        n_users=n_eval,
+        metrics=metrics,
+        n_users=int(has_target.sum()),
         per_user=values if keep_per_user else {},
         top_items=np.concatenate(tops) if tops else None,
     )
+
+
+def chunk_metrics(scores: torch.Tensor, targets: CSR, ks: Sequence[int], ties: str = "index") -> dict[str, torch.Tensor]:
+    """Per-user metrics ``{name: (B,) float64}`` for scores whose excluded items
+    are already ``-inf`` (see :func:`exclude`). Building block for evaluation
+    loops that shard users across processes."""
+    ranks = target_ranks(scores, targets, ties=ties)
+    return _metrics_from_ranks(ranks, torch.as_tensor(targets.lengths(), device=scores.device), sorted(ks))
+
+
+def aggregate(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean over users. ``math.fsum`` is exactly rounded, so the result does not
+    depend on how users were chunked or sharded, only on the multiset of values."""
+    return dict(sorted((name, math.fsum(v.tolist()) / len(v)) for name, v in per_user.items()))
 
 
 def auto_batch_size(n_items: int, device: torch.device) -> int:
@@ -153,10 +160,10 @@ def _scores(score_fn: ScoreFn, users: np.ndarray, hist: CSR, n_items: int, devic
     return scores
 
 
-def _mask(scores: torch.Tensor, hist: CSR) -> None:
-    """Exclude padding and history items in place (score -inf)."""
+def exclude(scores: torch.Tensor, hist: CSR | None) -> None:
+    """Exclude padding and (when given) history items in place (score -inf)."""
     scores[:, 0] = _NEG_INF
-    if len(hist.indices):
+    if hist is not None and len(hist.indices):
         r = torch.as_tensor(hist.row_ids(), device=scores.device)
         c = torch.as_tensor(hist.indices, device=scores.device)
         scores[r, c] = _NEG_INF

@@ -1,0 +1,158 @@
+"""LightningModule for next-item sequence models (SASRec, BERT4Rec, GRU4Rec).
+
+Owns the training step (loss on non-padded positions only) and exact
+full-ranking evaluation: each process scores its share of the users against the
+whole catalogue, per-user metrics are all-gathered, and every process computes
+the same exactly-rounded mean, so metrics do not depend on the number of
+processes or the evaluation batch size.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+from torch import nn
+
+from recsys.data.splits import EvalSet
+from recsys.evaluation.ranking import aggregate, chunk_metrics, exclude
+from recsys.training.seq_data import left_pad
+
+
+class SequentialRecModule(L.LightningModule):
+    """Args:
+        net: an encoder with ``forward``, ``next_item_state`` and ``output_embeddings``.
+        loss: ``loss(hidden, labels, items)`` (see :mod:`recsys.training.losses`).
+        optimizer: ``partial`` taking the parameters (Hydra ``_partial_: true``).
+        scheduler: optional ``partial`` taking the optimizer (stepped per step).
+        ks: cut-offs for evaluation metrics.
+        mask_prob: BERT4Rec masking rate (``masked`` task only).
+        seed: reseeds torch's RNG at every step (dropout, negatives, masks), so
+            resuming from a checkpoint reproduces an uninterrupted run.
+    """
+
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+                 ks: Sequence[int] = (5, 10, 20), mask_prob: float = 0.2, exclude_history: bool = True,
+                 seed: int = 0):
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.ks, self.mask_prob, self.exclude_history, self.seed = sorted(ks), mask_prob, exclude_history, seed
+        self._eval_rows: list[torch.Tensor] = []
+        self._eval_values: list[dict[str, torch.Tensor]] = []
+        self.results: dict[str, dict[str, float]] = {}
+
+    # ---- training -------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(self.loss, "set_item_counts"):
+            self.loss.set_item_counts(dm.item_counts)
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        sampler = getattr(loader, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.current_epoch)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # dropout / negatives / masks depend only on (seed, step, rank): a resumed run
+        # reproduces an uninterrupted one whatever else consumed the global RNG
+        torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 131 + self.global_rank)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if "seq" in batch:  # masked task
+            from recsys.models.bert4rec import mask_sequence
+
+            inputs, labels = mask_sequence(batch["seq"], self.mask_prob, self.net.mask_token)
+        else:
+            inputs, labels = batch["input"], batch["labels"]
+        hidden = self.net(inputs)  # B, T, D
+        real = labels > 0
+        loss = self.loss(hidden[real], labels[real], self.net.output_embeddings())
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(real.sum()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (no_decay if p.ndim < 2 or "emb" in name or "ln" in name else decay).append(p)
+        opt = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    # ---- exact evaluation --------------------------------------------------
+    @torch.no_grad()
+    def score_histories(self, history_rows: np.ndarray, es: EvalSet) -> torch.Tensor:
+        """``(B, n_items + 1)`` scores for rows of an EvalSet (history excluded)."""
+        hist = es.history.take(history_rows)
+        longest = int(min(max(hist.lengths().max(initial=1), 1), self.net.max_len))
+        seq = torch.from_numpy(left_pad(hist, longest)).to(self.device)  # trimmed: exact, see collate_trim
+        scores = (self.net.next_item_state(seq) @ self.net.output_embeddings().T).float()
+        exclude(scores, hist if self.exclude_history else None)
+        return scores
+
+    def _eval_step(self, rows: torch.Tensor, es: EvalSet) -> None:
+        r = rows.cpu().numpy()
+        scores = self.score_histories(r, es)
+        if torch.isnan(scores).any():
+            raise FloatingPointError("model produced NaN scores during evaluation")
+        values = chunk_metrics(scores, es.targets.take(r), self.ks)
+        self._eval_rows.append(rows.to(self.device))
+        self._eval_values.append(values)
+
+    def _eval_end(self, prefix: str) -> None:
+        rows = torch.cat(self._eval_rows) if self._eval_rows else torch.zeros(0, dtype=torch.long, device=self.device)
+        names = sorted(self._eval_values[0]) if self._eval_values else []
+        local = {n: torch.cat([v[n] for v in self._eval_values]) for n in names}
+        self._eval_rows, self._eval_values = [], []
+        if self.trainer.world_size > 1:
+            rows, local = self._gather(rows, local)
+        order = torch.argsort(rows).cpu()
+        per_user = {n: v.cpu()[order].numpy() for n, v in local.items()}
+        metrics = aggregate(per_user) if len(rows) else {}
+        self.results[prefix] = {f"{prefix}/{k}": v for k, v in metrics.items()}
+        self.results[prefix][f"{prefix}/n_users"] = int(len(rows))
+        for k, v in metrics.items():
+            # identical on every process already; sync_dist only silences Lightning's check
+            self.log(f"{prefix}/{k}", float(v), prog_bar=k in ("ndcg@10", "hr@10"), sync_dist=True)
+
+    def _gather(self, rows: torch.Tensor, local: dict[str, torch.Tensor]):
+        n = torch.tensor([len(rows)], device=self.device)
+        sizes = self.all_gather(n).flatten()
+        m = int(sizes.max())
+        pad = lambda t: torch.cat([t, t.new_zeros(m - len(t))])  # noqa: E731
+        g_rows = self.all_gather(pad(rows))  # world, m
+        keep = torch.arange(m, device=self.device)[None, :] < sizes[:, None]
+        out = {k: self.all_gather(pad(v))[keep] for k, v in local.items()}
+        return g_rows[keep], out
+
+    def validation_step(self, rows: torch.Tensor, batch_idx: int) -> None:
+        self._eval_step(rows, self.trainer.datamodule.val_set)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, rows: torch.Tensor, batch_idx: int) -> None:
+        self._eval_step(rows, self.trainer.datamodule.test_set)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+
+def linear_warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int = 0,
+                         min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to ``min_ratio`` (constant if ``total_steps`` is 0)."""
+    import math
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not total_steps:
+            return 1.0
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
