@@ -14,6 +14,7 @@ from recsys.cli.main import COMMANDS
 CONFIGS = config_dir()
 ROOTS = sorted({name for name, _ in COMMANDS.values()})
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
+
 # groups whose options need a user-given path
 NEEDS = {("data", "csv"): ["data.loader.path=x.csv"], ("data", "parquet"): ["data.loader.path=x.parquet"]}
 
@@ -45,17 +46,31 @@ def test_root_configs_compose(root):
     assert cfg.paths.root == str(Path(CONFIGS).parent)
 
 
-@pytest.mark.parametrize(
-    "group,option",
-    [(g, p.stem) for g in GROUPS for p in sorted((CONFIGS / g).glob("*.yaml"))],
-)
-def test_every_group_option_instantiates(group, option):
-    root = "evaluate"
-    cfg = _compose(root, [f"{group}={option}", *NEEDS.get((group, option), [])])
-    found = list(_targets(cfg[group], group))
+# which root config carries each group, and what an option needs to be built
+ROOT_OF = {"data": "evaluate", "split": "evaluate", "model": "evaluate", "evaluation": "evaluate"}
+PARTIAL = {"datamodule", "module"}  # need objects (split, net) that only exist at run time
+ARGS = {"net": {"n_items": 10}}
+
+
+def _options():
+    for g in GROUPS:
+        for p in sorted((CONFIGS / g).glob("*.yaml")):
+            yield g, p.stem
+
+
+@pytest.mark.parametrize("group,option", list(_options()))
+def test_every_group_option_instantiates(group, option, tmp_path):
+    root = ROOT_OF.get(group, "train")
+    cfg = _compose(root, [f"{group}={option}", f"paths.output_dir={tmp_path}", *NEEDS.get((group, option), [])])
+    node = cfg if group == "experiment" else cfg[group]
+    found = list(_targets(node, group)) if group != "experiment" else [("net", cfg.net), ("loss", cfg.loss)]
     assert found, f"{group}/{option} has no _target_"
-    for path, node in found:
-        obj = instantiate(node)
+    for path, sub in found:
+        top = path.split(".")[0]
+        if top in PARTIAL or (top == "trainer" and sub.get("accelerator") == "gpu"):
+            obj = instantiate(sub, _partial_=True)
+        else:
+            obj = instantiate(sub, **ARGS.get(top, {}))
         assert obj is not None, path
 
 
