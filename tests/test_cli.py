@@ -110,13 +110,16 @@ def test_evaluate_sweep_with_multirun(tmp_path, tiny_synthetic):
 
 def test_demo_end_to_end(tmp_path, tiny_synthetic):
     run_dir = tmp_path / "demo"
-    res = run("demo", *tiny_synthetic, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    res = run("demo", *tiny_synthetic, "trainer.max_epochs=8", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "test/ndcg@10" in res.stdout  # the results table
     summary = json.loads((run_dir / "summary.json").read_text())
     results = summary["results"]
-    assert set(results) == {"popularity", "random", "markov"}
+    assert set(results) == {"popularity", "random", "markov", "sasrec"}
     assert results["markov"]["test/ndcg@10"] > results["popularity"]["test/ndcg@10"] > results["random"]["test/ndcg@10"]
+    assert results["sasrec"]["test/ndcg@10"] > results["random"]["test/ndcg@10"]
+    assert 0 < results["sasrec"]["test/coverage@10"] <= 1
+    assert (run_dir / "model" / "weights.safetensors").is_file()
     assert summary["data"]["fingerprint"] and summary["environment"]["versions"]["numpy"]
 
 

@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli.common import data_lineage, format_table, load_data, write_summary
 
+TABLE = [f"test/{m}" for m in ("hr@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr")]
 
-def train(cfg: DictConfig) -> dict:
-    import pytorch_lightning as L
 
-    from recsys.training.artifacts import save_model
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    out = Path(cfg.paths.output_dir)
-    t0 = time.perf_counter()
-    data, prep_s = load_data(cfg)
-    split = instantiate(cfg.split).split(data)
+def fit_sequence_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> dict[str, Any]:
+    """Build datamodule, net, loss, module, callbacks, logger and trainer from
+    ``cfg``; fit; evaluate the best checkpoint on validation and test; save the
+    model (rank 0). Returns metrics, timings, the model name and artifacts."""
     # objects are passed through partials: hydra would turn a dataclass argument into a config
     dm = instantiate(cfg.datamodule, _partial_=True)(split=split, n_items=data.n_items)
     net_args = OmegaConf.to_container(cfg.net, resolve=True)
@@ -30,25 +27,58 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=logger, default_root_dir=str(out))
-    t_fit = time.perf_counter()
+    t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("resume"))
-    fit_s = time.perf_counter() - t_fit
+    fit_s = time.perf_counter() - t0
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    ckpt = best or None
-    trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    trainer.validate(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
     results = {**module.results.get("val", {}), **module.results.get("test", {})}
-    if trainer.global_rank != 0:
-        return results
-    net_args.pop("_target_", None)
-    artifacts = save_model(module.net, {**net_args, "n_items": data.n_items}, out / "model")
+    if "test" in module.top_items:
+        results.update(_beyond(module.top_items["test"], data, split))
     epochs = trainer.current_epoch
-    timings = {"prepare_s": prep_s, "fit_s": fit_s, "epochs": epochs, "s_per_epoch": fit_s / max(epochs, 1),
-               "total_s": time.perf_counter() - t0}
-    name = f"{type(net).__name__}/{type(module.loss).__name__}"
-    print(format_table({name: results}, [f"test/{m}" for m in ("hr@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr")]))
-    path = write_summary(cfg, {"command": "train", "model": name, **results, "best_checkpoint": best,
-                               "artifacts": artifacts, "data": data_lineage(data), "split": split.info,
-                               "timings": timings})
+    out_info = {
+        "metrics": results,
+        "model": f"{type(net).__name__}/{type(module.loss).__name__}",
+        "best_checkpoint": best,
+        "rank": trainer.global_rank,
+        "timings": {"fit_s": fit_s, "epochs": epochs, "s_per_epoch": fit_s / max(epochs, 1)},
+    }
+    if trainer.global_rank == 0:
+        from recsys.training.artifacts import save_model
+
+        net_args.pop("_target_", None)
+        out_info["artifacts"] = save_model(module.net, {**net_args, "n_items": data.n_items}, out / "model")
+    return out_info
+
+
+def _beyond(top: Any, data: Any, split: Any) -> dict[str, float]:
+    import numpy as np
+
+    from recsys.evaluation.beyond import beyond_accuracy
+
+    users, items, _ = split.train_arrays()
+    counts = np.bincount(items, minlength=data.n_items + 1).astype(np.float64)
+    extra = beyond_accuracy(top, data.n_items, counts, len(np.unique(users)), item_category=data.item_codes("category"))
+    return {f"test/{k}": v for k, v in extra.items()}
+
+
+def train(cfg: DictConfig) -> dict:
+    import pytorch_lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out = Path(cfg.paths.output_dir)
+    t0 = time.perf_counter()
+    data, prep_s = load_data(cfg)
+    split = instantiate(cfg.split).split(data)
+    info = fit_sequence_model(cfg, data, split, out)
+    results = info["metrics"]
+    if info["rank"] != 0:
+        return results
+    timings = {"prepare_s": prep_s, **info["timings"], "total_s": time.perf_counter() - t0}
+    print(format_table({info["model"]: results}, TABLE))
+    path = write_summary(cfg, {"command": "train", "model": info["model"], **results,
+                               "best_checkpoint": info["best_checkpoint"], "artifacts": info["artifacts"],
+                               "data": data_lineage(data), "split": split.info, "timings": timings})
     print(f"summary: {path}")
     return results

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from recsys.data.splits import EvalSet
-from recsys.evaluation.ranking import aggregate, chunk_metrics, exclude
+from recsys.evaluation.ranking import aggregate, chunk_metrics, exclude, top_k_items
 from recsys.training.seq_data import left_pad
 
 
@@ -27,6 +27,7 @@ class SequentialRecModule(L.LightningModule):
         optimizer: ``partial`` taking the parameters (Hydra ``_partial_: true``).
         scheduler: optional ``partial`` taking the optimizer (stepped per step).
         ks: cut-offs for evaluation metrics.
+        top_k: keep each evaluated user's top-``top_k`` list (beyond-accuracy metrics).
         mask_prob: BERT4Rec masking rate (``masked`` task only).
         seed: reseeds torch's RNG at every step (dropout, negatives, masks), so
             resuming from a checkpoint reproduces an uninterrupted run.
@@ -34,14 +35,16 @@ class SequentialRecModule(L.LightningModule):
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  ks: Sequence[int] = (5, 10, 20), mask_prob: float = 0.2, exclude_history: bool = True,
-                 seed: int = 0):
+                 top_k: int = 10, seed: int = 0):
         super().__init__()
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.ks, self.mask_prob, self.exclude_history, self.seed = sorted(ks), mask_prob, exclude_history, seed
         self._eval_rows: list[torch.Tensor] = []
         self._eval_values: list[dict[str, torch.Tensor]] = []
+        self.top_k = top_k
         self.results: dict[str, dict[str, float]] = {}
+        self.top_items: dict[str, np.ndarray] = {}  # split -> (U, top_k) lists, rows in EvalSet order
 
     # ---- training -------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -99,6 +102,8 @@ class SequentialRecModule(L.LightningModule):
         if torch.isnan(scores).any():
             raise FloatingPointError("model produced NaN scores during evaluation")
         values = chunk_metrics(scores, es.targets.take(r), self.ks)
+        if self.top_k:
+            values["_top"] = top_k_items(scores, self.top_k)
         self._eval_rows.append(rows.to(self.device))
         self._eval_values.append(values)
 
@@ -111,6 +116,8 @@ class SequentialRecModule(L.LightningModule):
             rows, local = self._gather(rows, local)
         order = torch.argsort(rows).cpu()
         per_user = {n: v.cpu()[order].numpy() for n, v in local.items()}
+        if "_top" in per_user:
+            self.top_items[prefix] = per_user.pop("_top")
         metrics = aggregate(per_user) if len(rows) else {}
         self.results[prefix] = {f"{prefix}/{k}": v for k, v in metrics.items()}
         self.results[prefix][f"{prefix}/n_users"] = int(len(rows))
@@ -122,7 +129,7 @@ class SequentialRecModule(L.LightningModule):
         n = torch.tensor([len(rows)], device=self.device)
         sizes = self.all_gather(n).flatten()
         m = int(sizes.max())
-        pad = lambda t: torch.cat([t, t.new_zeros(m - len(t))])  # noqa: E731
+        pad = lambda t: torch.cat([t, t.new_zeros((m - len(t), *t.shape[1:]))])  # noqa: E731
         g_rows = self.all_gather(pad(rows))  # world, m
         keep = torch.arange(m, device=self.device)[None, :] < sizes[:, None]
         out = {k: self.all_gather(pad(v))[keep] for k, v in local.items()}
