@@ -37,3 +37,33 @@ def test_markov_chain_predicts_the_observed_successor():
     res = evaluate_ranking(m.score, np.array([1, 2]), CSR.from_lists([[1], [2]]),
                            CSR.from_lists([[2], [3]]), 4, ks=(1,), device="cpu")
     assert res.metrics["hr@1"] == pytest.approx(1.0)
+
+
+def test_ease_matches_the_closed_form_and_has_zero_diagonal():
+    from recsys.models.baselines import EASE
+
+    users = np.array([1, 1, 2, 2, 2, 3])
+    items = np.array([1, 2, 1, 2, 3, 3])
+    m = EASE(l2=1.0).fit(users, items, 3, 3)
+    x = np.array([[1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=float)
+    p = np.linalg.inv(x.T @ x + np.eye(3))
+    b = np.eye(3) - p / np.diag(p)
+    assert np.allclose(m.weights[1:, 1:], b, atol=1e-5)
+    assert np.allclose(np.diag(m.weights), 0)
+    s = m.score(np.array([1]), CSR.from_lists([[1]]))
+    assert np.allclose(s[0, 1:], b[0], atol=1e-5)
+
+
+def test_itemknn_cosine_and_neighbour_cut():
+    from recsys.models.baselines import ItemKNN
+
+    users = np.array([1, 1, 2, 2, 3, 3, 4])
+    items = np.array([1, 2, 1, 2, 1, 3, 4])
+    m = ItemKNN(k=1, shrink=0.0).fit(users, items, 4, 4)
+    # cos(1,2) = 2 / sqrt(3*2); cos(1,3) = 1 / sqrt(3*1); item 4 co-occurs with nothing
+    assert m.weights[1, 2] == pytest.approx(2 / np.sqrt(6), rel=1e-5)
+    assert m.weights[2, 1] == pytest.approx(2 / np.sqrt(6), rel=1e-5)
+    assert m.weights[1, 3] == pytest.approx(1 / np.sqrt(3), rel=1e-5)  # column 3: neighbours of item 3
+    assert (m.weights[:, 1] > 0).sum() == 1  # k=1: only the best neighbour of item 1 kept
+    s = m.score(np.array([9]), CSR.from_lists([[2]]))
+    assert s[0].argmax() == 1
