@@ -27,9 +27,9 @@ USAGE = """usage: recsys <command> [key=value ...] [-m] [--cfg job]
 commands:
   data stats     data=<preset>                         dataset statistics as JSON
   data validate  path=<file> format=<seqtxt|recbole|csv|parquet>
-  evaluate       model=<popularity|random|markov> data=<preset> split=<loo|temporal>
+  evaluate       model=<popularity|random|markov|itemknn|ease> data=<preset> split=<loo|temporal>
   train          experiment=<sasrec_beauty|...> [net=... loss=... trainer=cpu|gpu|ddp|ddp_cpu]
-  demo           synthetic data -> fit baselines -> evaluate -> results table
+  demo           synthetic data -> baselines + SASRec -> exact evaluation -> results table
 
 Every argument after the command is a Hydra override (e.g. paths.data_root=/data,
 hydra.run.dir=runs/x, -m for sweeps). Configs: {configs}
