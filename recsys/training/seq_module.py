@@ -17,6 +17,7 @@ from torch import nn
 
 from recsys.data.splits import EvalSet
 from recsys.evaluation.ranking import aggregate, chunk_metrics, exclude, top_k_items
+from recsys.models.bert4rec import mask_sequence
 from recsys.training.seq_data import left_pad
 
 
@@ -65,8 +66,6 @@ class SequentialRecModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if "seq" in batch:  # masked task
-            from recsys.models.bert4rec import mask_sequence
-
             inputs, labels = mask_sequence(batch["seq"], self.mask_prob, self.net.mask_token)
         else:
             inputs, labels = batch["input"], batch["labels"]
@@ -92,7 +91,8 @@ class SequentialRecModule(L.LightningModule):
         hist = es.history.take(history_rows)
         longest = int(min(max(hist.lengths().max(initial=1), 1), self.net.max_len))
         seq = torch.from_numpy(left_pad(hist, longest)).to(self.device)  # trimmed: exact, see collate_trim
-        scores = (self.net.next_item_state(seq) @ self.net.output_embeddings().T).float()
+        with torch.autocast(self.device.type, enabled=False):  # rank in fp32 even under bf16 training
+            scores = self.net.next_item_state(seq).float() @ self.net.output_embeddings().float().T
         exclude(scores, hist if self.exclude_history else None)
         return scores
 
