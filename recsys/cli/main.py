@@ -15,11 +15,17 @@ from recsys.cli.config import config_dir, register_resolvers
 
 #: command words -> (root config name, "module:function")
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("ope", "bench"): ("ope_bench", "recsys.cli.ope_cmd:bench"),  # multi-word commands before ("ope",)
+    ("ope", "align"): ("ope_align", "recsys.cli.ope_cmd:align"),
+    ("ope",): ("ope", "recsys.cli.ope_cmd:ope"),
     ("data", "stats"): ("data_stats", "recsys.cli.data_cmd:stats"),
     ("data", "validate"): ("data_validate", "recsys.cli.data_cmd:validate"),
     ("evaluate",): ("evaluate", "recsys.cli.evaluate_cmd:evaluate"),
     ("train",): ("train", "recsys.cli.train_cmd:train"),
     ("demo",): ("demo", "recsys.cli.demo_cmd:demo"),
+    ("ab", "analyze"): ("ab_analyze", "recsys.cli.ab_cmd:analyze"),
+    ("ab", "plan"): ("ab_plan", "recsys.cli.ab_cmd:plan"),
+    ("ab", "simulate"): ("ab_simulate", "recsys.cli.ab_cmd:simulate"),
 }
 
 USAGE = """usage: recsys <command> [key=value ...] [-m] [--cfg job]
@@ -29,7 +35,13 @@ commands:
   data validate  path=<file> format=<seqtxt|recbole|csv|parquet>
   evaluate       model=<popularity|random|markov|itemknn|ease> data=<preset> split=<loo|temporal>
   train          experiment=<sasrec_beauty|...> [net=... loss=... trainer=cpu|gpu|ddp|ddp_cpu]
+  ope            policy=<markov|popularity|...|linucb|linear_ts|bernoulli_ts> [logs=<file>]  off-policy evaluation
+  ope bench      20-seed study of the OPE estimators on the synthetic world
+  ope align      offline NDCG vs OPE estimate vs true online value, per model variant
   demo           synthetic data -> baselines + SASRec -> exact evaluation -> results table
+  ab analyze     path=<parquet> [experiment.salt=... columns.timestamp=...]   A/B report + audit archive
+  ab plan        baseline_rate=<p>|std=<sd> mde=<m> [relative=false arms=3]   sample size per arm
+  ab simulate    [simulation.lifts.treatment=0.05 world=... checks=true]      synthetic experiment (+ checks)
 
 Every argument after the command is a Hydra override (e.g. paths.data_root=/data,
 hydra.run.dir=runs/x, -m for sweeps). Configs: {configs}
