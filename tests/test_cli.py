@@ -120,6 +120,9 @@ def test_demo_end_to_end(tmp_path, tiny_synthetic):
     assert results["sasrec"]["test/ndcg@10"] > results["random"]["test/ndcg@10"]
     assert 0 < results["sasrec"]["test/coverage@10"] <= 1
     assert (run_dir / "model" / "weights.safetensors").is_file()
+    ope = summary["ope"]  # the off-policy stage: estimates with intervals beside the true value
+    assert ope["true_value"] > 0 and {"IPS", "SNIPS", "DR"} <= set(ope["estimates"])
+    assert all(e["ci_low"] <= e["estimate"] <= e["ci_high"] for e in ope["estimates"].values())
     assert summary["data"]["fingerprint"] and summary["environment"]["versions"]["numpy"]
 
 

@@ -211,6 +211,14 @@ def _clip(o: DictConfig) -> float | None:
 
 
 def ope(cfg: DictConfig) -> dict:
+    out = evaluate_policy(cfg)
+    path = write_summary(cfg, out)
+    print(f"summary: {path}")
+    return out
+
+
+def evaluate_policy(cfg: DictConfig) -> dict:
+    """Estimate ``cfg.policy`` on the log; print the table, plot; return the summary dict."""
     t0 = time.perf_counter()
     s = build_setup(cfg)
     pol, info = build_policy(cfg, s, cfg.seed)
@@ -251,8 +259,6 @@ def ope(cfg: DictConfig) -> dict:
     out = {"command": "ope", **info, "estimates": rows, "true_value": truth, "logged_value": logged_value,
            "total_variation": tv, "kl_divergence": kl, "diagnostics": dg.__dict__, "plot": str(plot),
            "data": data_lineage(s.data), "timings": {"total_s": time.perf_counter() - t0}}
-    path = write_summary(cfg, out)
-    print(f"summary: {path}")
     return out
 
 
