@@ -67,3 +67,18 @@ def test_itemknn_cosine_and_neighbour_cut():
     assert (m.weights[:, 1] > 0).sum() == 1  # k=1: only the best neighbour of item 1 kept
     s = m.score(np.array([9]), CSR.from_lists([[2]]))
     assert s[0].argmax() == 1
+
+
+def test_sequence_recommender_fits_and_scores_like_a_baseline():
+    from recsys.training.seq_fit import SequenceRecommender
+
+    rng = np.random.default_rng(0)
+    # every user walks i -> i+1 -> i+2 ...: the next item is predictable from the last one
+    starts = rng.integers(1, 20, size=200)
+    users = np.repeat(np.arange(1, 201), 6)
+    items = (starts[:, None] + np.arange(6)[None, :]).ravel()
+    m = SequenceRecommender(hidden=32, n_layers=1, max_len=8, dropout=0.0, epochs=30, lr=3e-3).fit(users, items, 200, 26)
+    hist = CSR.from_lists([[3, 4, 5], [10, 11]])
+    s = m.score(np.array([1, 2]), hist)
+    assert s.shape == (2, 27)
+    assert s[0, 1:].argmax() + 1 == 6 and s[1, 1:].argmax() + 1 == 12
