@@ -87,3 +87,23 @@ def test_oracle_is_best_and_bandits_beat_random(world):
         assert res.regret[half:].mean() < share * random.regret[half:].mean(), type(pol).__name__
         assert np.allclose(res.propensities > 0, True)
     assert np.allclose(oracle_value(world, users, m, k) - random.expected_reward, random.regret)
+
+
+def test_ope_regret_command_bandits_learn_online(tmp_path):
+    import json
+
+    from tests.helpers import run
+
+    out = tmp_path / "run"
+    res = run("ope", "regret", "data.n_users=300", "data.n_items=100", "regret.n_requests=4000",
+              "regret.policies=[uniform,linucb,bernoulli_ts]", f"paths.cache_dir={tmp_path / 'cache'}",
+              f"hydra.run.dir={out}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    rows = s["regret"]
+    assert set(rows) == {"uniform", "linucb", "bernoulli_ts"}
+    assert rows["uniform"]["regret@4000"] > rows["bernoulli_ts"]["regret@4000"]
+    for name in ("linucb", "bernoulli_ts"):  # after learning, bandits serve better slates than uniform
+        assert rows[name]["value_end"] > 1.2 * rows["uniform"]["value_end"]
+    assert 0 < rows["bernoulli_ts"]["value_end"] < s["oracle_value"]
+    assert (out / "regret.png").is_file()

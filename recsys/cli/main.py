@@ -17,6 +17,7 @@ from recsys.cli.config import config_dir, register_resolvers
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("ope", "bench"): ("ope_bench", "recsys.cli.ope_cmd:bench"),  # multi-word commands before ("ope",)
     ("ope", "align"): ("ope_align", "recsys.cli.ope_cmd:align"),
+    ("ope", "regret"): ("ope_regret", "recsys.cli.ope_cmd:regret"),
     ("ope",): ("ope", "recsys.cli.ope_cmd:ope"),
     ("data", "stats"): ("data_stats", "recsys.cli.data_cmd:stats"),
     ("data", "validate"): ("data_validate", "recsys.cli.data_cmd:validate"),
@@ -36,7 +37,8 @@ commands:
   evaluate       model=<popularity|random|markov|itemknn|ease> data=<preset> split=<loo|temporal>
   train          experiment=<sasrec_beauty|...> [net=... loss=... trainer=cpu|gpu|ddp|ddp_cpu]
   ope            policy=<markov|popularity|...|linucb|linear_ts|bernoulli_ts> [logs=<file>]  off-policy evaluation
-  ope bench      20-seed study of the OPE estimators on the synthetic world
+  ope bench      100-seed study of the OPE estimators on the synthetic world
+  ope regret     bandits learning online in the synthetic world: cumulative regret vs oracle
   ope align      offline NDCG vs OPE estimate vs true online value, per model variant
   demo           synthetic data -> baselines + SASRec -> exact evaluation -> results table
   ab analyze     path=<parquet> [experiment.salt=... columns.timestamp=...]   A/B report + audit archive

@@ -120,6 +120,26 @@ def build_policy(cfg: DictConfig, s: Setup, seed: int) -> tuple[Any, dict[str, A
     if cfg.policy not in cfg.policies:
         raise RecsysError(f"unknown policy {cfg.policy!r}; choose one of {sorted(cfg.policies)}")
     pcfg = cfg.policies[cfg.policy]
+    pol, info = make_policy(pcfg, s, seed)
+    if not hasattr(pol, "update"):
+        return pol, info
+    m, k = s.log.n_items + 1, s.log.slate_size
+    if s.world is not None:  # warm up online in the world, then freeze
+        rng = np.random.default_rng(seed)
+        warm_users = rng.choice(s.log.users, pcfg.warmup_requests)
+        sim = simulate(pol, s.world, warm_users, m, k, batch_size=pcfg.batch_size, seed=seed)
+        info["warmup_regret_per_request"] = float(sim.regret.mean())
+    else:  # learn from the first half of the log, evaluate on the rest
+        half = s.log.n_requests // 2
+        for st in range(0, half, pcfg.batch_size):
+            sl = slice(st, min(st + pcfg.batch_size, half))
+            pol.update(s.log.users[sl], s.log.actions[sl], s.log.rewards[sl])
+        info["trained_on_requests"] = half
+    return pol, info
+
+
+def make_policy(pcfg: DictConfig, s: Setup, seed: int) -> tuple[Any, dict[str, Any]]:
+    """A policy from its config entry: models are fitted, bandits start untrained."""
     m, k = s.log.n_items + 1, s.log.slate_size
     kind = pcfg.kind
     info: dict[str, Any] = {"policy": pcfg.name, "kind": kind}
@@ -147,17 +167,6 @@ def build_policy(cfg: DictConfig, s: Setup, seed: int) -> tuple[Any, dict[str, A
         pol = BernoulliTS(m, k, examination=exam, n_samples=pcfg.n_samples, seed=seed)
     else:
         raise RecsysError(f"unknown policy kind {kind!r}")
-    if s.world is not None:  # warm up online in the world, then freeze
-        rng = np.random.default_rng(seed)
-        warm_users = rng.choice(s.log.users, pcfg.warmup_requests)
-        sim = simulate(pol, s.world, warm_users, m, k, batch_size=pcfg.batch_size, seed=seed)
-        info["warmup_regret_per_request"] = float(sim.regret.mean())
-    else:  # learn from the first half of the log, evaluate on the rest
-        half = s.log.n_requests // 2
-        for st in range(0, half, pcfg.batch_size):
-            sl = slice(st, min(st + pcfg.batch_size, half))
-            pol.update(s.log.users[sl], s.log.actions[sl], s.log.rewards[sl])
-        info["trained_on_requests"] = half
     return pol, info
 
 
@@ -266,6 +275,12 @@ def bench(cfg: DictConfig) -> dict:
     from recsys.cli.ope_study import run_bench
 
     return run_bench(cfg)
+
+
+def regret(cfg: DictConfig) -> dict:
+    from recsys.cli.ope_study import run_regret
+
+    return run_regret(cfg)
 
 
 def align(cfg: DictConfig) -> dict:

@@ -72,3 +72,16 @@ def plot_alignment(path: str | Path, names: Sequence[str], truth: Sequence[float
         ax.set_xlabel(label)
         ax.set_ylabel("true online value")
     return _save(fig, path)
+
+
+def plot_regret(path: str | Path, curves: Mapping[str, Sequence[float]]) -> Path:
+    """Cumulative regret against the oracle slate, one line per policy."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, cum in curves.items():
+        ax.plot(range(1, len(cum) + 1), cum, label=name)
+    ax.set_xlabel("requests served")
+    ax.set_ylabel("cumulative regret (expected clicks)")
+    ax.set_title("Online simulation: regret vs oracle")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
