@@ -37,3 +37,43 @@ def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run([sys.executable, "-m", "recsys", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=full_env, timeout=600)
+
+
+def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, seed: int = 0) -> Path:
+    """A small `recsys rank train`-like run directory (model/, summary.json) on a
+    tiny synthetic world, without the CLI: a few Adam steps on a DCN-v2."""
+    import numpy as np
+    import torch
+
+    from recsys.cli.rank_cmd import save_parity_rows
+    from recsys.data.synthetic import SyntheticConfig, generate_world
+    from recsys.features.ranker import build_ranker_features
+    from recsys.models.rankers import DCNv2
+    from recsys.training.artifacts import save_model
+    from recsys.training.ranker_data import time_split, to_tensors
+    from recsys.utils.io import write_json_atomic
+
+    torch.manual_seed(seed)
+    world = generate_world(SyntheticConfig(n_users=120, n_items=80, n_categories=4, n_requests=2000, seed=seed))
+    table = build_ranker_features(world)
+    splits = time_split(table, 0.1, 0.3)
+    args = {"embedding_dim": 8, "n_cross": 2, "deep": [32, 16], "structure": "stacked"}
+    net = DCNv2(table.vocab_sizes, table.dense, **args)
+    cols = to_tensors(table.take(splits["train"]))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for step in range(train_steps):
+        idx = torch.randint(0, len(cols["label"]), (256,))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            net(**{k: cols[k][idx] for k in net.input_names}), cols["label"][idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    model_dir = run_dir / "model"
+    save_model(net, {**args, "vocab_sizes": table.vocab_sizes, "dense_features": table.dense}, model_dir)
+    write_json_atomic(model_dir / "features.json", {
+        "feature_set_version": table.version, "inputs": net.input_names,
+        "categorical": list(table.vocab_sizes), "dense": table.dense, "vocab_sizes": table.vocab_sizes})
+    save_parity_rows(table.take(splits["test"]), n_parity_rows, model_dir / "parity_rows.safetensors")
+    write_json_atomic(run_dir / "summary.json", {"data": {"fingerprint": "tiny-world"}, "test/auc": float(np.nan)})
+    return run_dir

@@ -27,6 +27,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("ab", "analyze"): ("ab_analyze", "recsys.cli.ab_cmd:analyze"),
     ("ab", "plan"): ("ab_plan", "recsys.cli.ab_cmd:plan"),
     ("ab", "simulate"): ("ab_simulate", "recsys.cli.ab_cmd:simulate"),
+    ("rank", "train"): ("rank_train", "recsys.cli.rank_cmd:train"),
+    ("export", "bench"): ("export_bench", "recsys.cli.export_cmd:bench"),  # before ("export",)
+    ("export",): ("export", "recsys.cli.export_cmd:export"),
 }
 
 USAGE = """usage: recsys <command> [key=value ...] [-m] [--cfg job]
@@ -44,6 +47,9 @@ commands:
   ab analyze     path=<parquet> [experiment.salt=... columns.timestamp=...]   A/B report + audit archive
   ab plan        baseline_rate=<p>|std=<sd> mde=<m> [relative=false arms=3]   sample size per arm
   ab simulate    [simulation.lifts.treatment=0.05 world=... checks=true]      synthetic experiment (+ checks)
+  rank train     [ranker=dcn|dcn_parallel|mlp data.loader.n_requests=...]    CTR ranker, test AUC vs Bayes AUC
+  export         run=<rank train run dir> name=<bundle>       ONNX bundle + manifest + parity check
+  export bench   bundle=<name|path>           single-thread latency p50/p99, ORT vs torch eager
 
 Every argument after the command is a Hydra override (e.g. paths.data_root=/data,
 hydra.run.dir=runs/x, -m for sweeps). Configs: {configs}

@@ -1,0 +1,115 @@
+"""Latency of an exported ranker: ONNX Runtime (single thread, CPU) vs torch eager.
+
+A request is one user's candidates: the user-level features (user, group,
+hour, user CTR features) of one real row, repeated over ``n`` candidate items
+taken from the bundle's real parity rows, all at position 0. Timings are wall
+clock per ``session.run`` call (``time.perf_counter_ns``), after warm-up.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+USER_LEVEL = ("user", "user_group", "hour", "user_ctr", "user_log_imps")
+
+
+def make_request(rows: dict[str, np.ndarray], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``n`` candidates for the user of one random row (see the module docstring)."""
+    total = len(next(iter(rows.values())))
+    anchor = int(rng.integers(total))
+    pick = rng.choice(total, n, replace=n > total)
+    req = {k: np.ascontiguousarray(v[pick]) for k, v in rows.items()}
+    for k in USER_LEVEL:
+        if k in req:
+            req[k] = np.full(n, rows[k][anchor], dtype=rows[k].dtype)
+    if "position" in req:
+        req["position"] = np.zeros(n, dtype=req["position"].dtype)
+    return req
+
+
+def time_calls(fn: Callable[[dict[str, np.ndarray]], Any], requests: Sequence[dict[str, np.ndarray]],
+               warmup: int = 20) -> np.ndarray:
+    """Milliseconds of ``fn(request)`` for each request (cycled after ``warmup`` calls)."""
+    for i in range(warmup):
+        fn(requests[i % len(requests)])
+    out = np.empty(len(requests))
+    for i, r in enumerate(requests):
+        t0 = time.perf_counter_ns()
+        fn(r)
+        out[i] = (time.perf_counter_ns() - t0) / 1e6
+    return out
+
+
+def bench_bundle(bundle_dir: str | Path, rows: dict[str, np.ndarray], net: Any = None,
+                 sizes: Sequence[int] = (1, 10, 100, 1000), n_requests: int = 2000,
+                 throughput_batch: int = 1024, seed: int = 0) -> dict[str, Any]:
+    """p50 / p99 ms per request size, throughput (rows/s) at ``throughput_batch``,
+    and, with the torch ``net``, the torch-eager / ORT p50 ratio at batch 1."""
+    import torch
+
+    from recsys.export.onnx_ranker import MODEL_FILE, onnx_scores, onnx_session, torch_scores
+
+    rng = np.random.default_rng(seed)
+    session = onnx_session(Path(bundle_dir) / MODEL_FILE, threads=1)
+    ort_fn = lambda r: onnx_scores(session, r)  # noqa: E731
+    out: dict[str, Any] = {"p50_ms": {}, "p99_ms": {}, "mean_ms": {}, "n_requests": {}}
+    for n in sizes:
+        k = max(50, min(n_requests, int(n_requests * 100 / max(n, 100))))  # fewer calls for big requests
+        reqs = [make_request(rows, n, rng) for _ in range(k)]
+        ms = time_calls(ort_fn, reqs)
+        out["p50_ms"][str(n)], out["p99_ms"][str(n)] = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+        out["mean_ms"][str(n)], out["n_requests"][str(n)] = float(ms.mean()), k
+    big = [make_request(rows, throughput_batch, rng) for _ in range(20)]
+    ms = time_calls(ort_fn, big, warmup=5)
+    out["throughput_rows_per_s"] = {str(throughput_batch): float(throughput_batch / (np.median(ms) / 1e3))}
+    if net is not None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            one = [make_request(rows, 1, rng) for _ in range(n_requests)]
+            t_ms = time_calls(lambda r: torch_scores(net, r), one)
+            o_ms = time_calls(ort_fn, one)
+            out["torch_batch1_p50_ms"], out["onnx_batch1_p50_ms"] = float(np.median(t_ms)), float(np.median(o_ms))
+            out["onnx_speedup_vs_torch_batch1"] = float(np.median(t_ms) / np.median(o_ms))
+            t_big = time_calls(lambda r: torch_scores(net, r), big, warmup=5)
+            out["torch_throughput_rows_per_s"] = {str(throughput_batch): float(throughput_batch / (np.median(t_big) / 1e3))}
+        finally:
+            torch.set_num_threads(threads)
+    return out
+
+
+def int8_comparison(onnx_path: str | Path, out_path: str | Path, rows: dict[str, np.ndarray],
+                    label: np.ndarray | None, sizes: Sequence[int] = (1, 10, 100, 1000),
+                    n_requests: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Dynamic int8 quantisation (ONNX Runtime, int8 weights, activations
+    quantised at run time) of ``onnx_path`` into ``out_path``: max |logit
+    change| on ``rows``, AUC change on them when ``label`` (N,) is given, and
+    p50 latency int8 vs fp32 on the same requests."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from recsys.evaluation.binary import roc_auc
+    from recsys.export.onnx_ranker import onnx_scores, onnx_session
+
+    quantize_dynamic(str(onnx_path), str(out_path), weight_type=QuantType.QInt8)
+    fp32, int8 = onnx_session(onnx_path), onnx_session(out_path)
+    a, b = onnx_scores(fp32, rows), onnx_scores(int8, rows)
+    out: dict[str, Any] = {"max_abs_logit_diff": float(np.abs(a - b).max()),
+                           "mean_abs_logit_diff": float(np.abs(a - b).mean()),
+                           "bytes_fp32": Path(onnx_path).stat().st_size, "bytes_int8": Path(out_path).stat().st_size,
+                           "p50_ms": {}, "p99_ms": {}, "speedup_p50": {}}
+    if label is not None:
+        out["auc_fp32"], out["auc_int8"] = roc_auc(label, a), roc_auc(label, b)
+        out["auc_change"] = out["auc_int8"] - out["auc_fp32"]
+        out["auc_rows"] = int(len(label))
+    rng = np.random.default_rng(seed)
+    for n in sizes:
+        reqs = [make_request(rows, n, rng) for _ in range(max(50, min(n_requests, n_requests * 100 // max(n, 100))))]
+        ms32 = time_calls(lambda r: onnx_scores(fp32, r), reqs)
+        ms8 = time_calls(lambda r: onnx_scores(int8, r), reqs)
+        k = str(n)
+        out["p50_ms"][k], out["p99_ms"][k] = float(np.percentile(ms8, 50)), float(np.percentile(ms8, 99))
+        out["speedup_p50"][k] = float(np.median(ms32) / np.median(ms8))
+    return out

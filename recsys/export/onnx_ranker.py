@@ -1,0 +1,185 @@
+"""Export a trained ranker to a self-contained ONNX bundle with a parity check.
+
+``export_ranker(run_dir, out_dir)`` rebuilds the net from
+``<run>/model/model_args.json`` + ``weights.safetensors`` (no training code),
+exports it with ``torch.onnx.export(dynamo=True, external_data=False)`` (one
+input per feature, each ``(batch,)`` with a dynamic batch dim; output
+``logits (batch,)``), scores the real test rows saved beside the model with
+torch and ONNX Runtime at several batch sizes, and writes ``manifest.json``.
+Everything is written into a temporary folder that is renamed to ``out_dir``
+only when the parity check passes; otherwise :class:`ExportError` is raised
+and nothing is left behind.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.torch import load_file
+from torch import nn
+
+from recsys.utils.errors import RecsysError
+from recsys.utils.io import atomic_dir, sha256_file, write_json_atomic
+from recsys.utils.lineage import git_commit, versions
+
+MANIFEST_FORMAT = "recsys.export_bundle/1"
+MODEL_FILE = "ranker.onnx"
+OPSET = 18
+PARITY_TOLERANCE = 1e-5
+PARITY_BATCH_SIZES = (1, 7, 256, 1000)
+
+
+class ExportError(RecsysError):
+    """Export refused: missing artifacts, too few rows, or failed parity."""
+
+
+def rebuild_net(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The eval-mode net of ``model_dir`` (checksum of the weights verified) and its ``model_args``."""
+    model_dir = Path(model_dir)
+    meta_path, weights = model_dir / "model_args.json", model_dir / "weights.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise ExportError(f"{model_dir}: need model_args.json and weights.safetensors (a `recsys rank train` run)")
+    meta = json.loads(meta_path.read_text())
+    if sha256_file(weights) != meta["weights_sha256"]:
+        raise ExportError(f"{weights}: checksum mismatch (truncated or modified file)")
+    args = dict(meta["model_args"])
+    module, _, cls = args.pop("_target_").rpartition(".")
+    net = getattr(importlib.import_module(module), cls)(**args)
+    net.load_state_dict(load_file(str(weights)))
+    return net.eval(), meta["model_args"]
+
+
+class _Positional(nn.Module):
+    """``forward(*inputs)`` in ``names`` order -> ``net(**dict(zip(names, inputs)))``
+    (torch.export cannot give dynamic shapes to a ``**kwargs`` signature)."""
+
+    def __init__(self, net: nn.Module, names: Sequence[str]):
+        super().__init__()
+        self.net, self.names = net, list(names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(**dict(zip(self.names, inputs)))  # (B,)
+
+
+def export_onnx(net: nn.Module, example: dict[str, np.ndarray], path: str | Path, opset: int = OPSET) -> None:
+    """Write ``net`` as one ONNX file; inputs named and ordered like ``example``
+    (each (B,)), dim 0 dynamic (``batch``), output ``logits`` (B,)."""
+    names = list(example)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
+    batch = torch.export.Dim("batch", min=1, max=1 << 24)
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per deduplicated initializer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Positional(net, names).eval(), args, str(path), dynamo=True, external_data=False,
+                          input_names=names, output_names=["logits"], opset_version=opset,
+                          dynamic_shapes=(tuple({0: batch} for _ in names),), verbose=False)
+
+
+def torch_scores(net: nn.Module, rows: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.inference_mode():
+        return net(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}).numpy()
+
+
+def onnx_session(path: str | Path, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_scores(session: Any, rows: dict[str, np.ndarray]) -> np.ndarray:
+    return session.run(["logits"], {k: np.ascontiguousarray(v) for k, v in rows.items()})[0]
+
+
+def parity_check(net: nn.Module, session: Any, rows: dict[str, np.ndarray],
+                 batch_sizes: Sequence[int] = PARITY_BATCH_SIZES) -> dict[str, Any]:
+    """Max |torch - onnx| over all ``rows`` scored in chunks of each batch size
+    (batch 1 on the first 64 rows only); NaN anywhere counts as infinite."""
+    n = len(next(iter(rows.values())))
+    worst: dict[str, float] = {}
+    for bs in batch_sizes:
+        stop = min(n, 64) if bs == 1 else n
+        diffs = []
+        for s in range(0, stop, bs):
+            chunk = {k: v[s:min(s + bs, stop)] for k, v in rows.items()}
+            d = np.abs(torch_scores(net, chunk).astype(np.float64) - onnx_scores(session, chunk))
+            diffs.append(np.inf if not np.all(np.isfinite(d)) else float(d.max()))
+        worst[str(bs)] = max(diffs)
+    return {"rows": n, "max_abs_diff": max(worst.values()), "max_abs_diff_by_batch": worst,
+            "batch_sizes": list(batch_sizes)}
+
+
+def _input_spec(names: Sequence[str], rows: dict[str, np.ndarray], vocab: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"name": n, "dtype": str(rows[n].dtype), "shape": ["batch"],
+             "kind": "categorical" if n in vocab else "dense", "vocab_size": vocab.get(n)} for n in names]
+
+
+def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = None, opset: int = OPSET,
+                  tolerance: float = PARITY_TOLERANCE, min_rows: int = 1000,
+                  batch_sizes: Sequence[int] = PARITY_BATCH_SIZES) -> dict[str, Any]:
+    """Export ``<run_dir>/model`` into the bundle ``out_dir`` (atomically); returns the manifest."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model_dir = run_dir / "model"
+    net, model_args = rebuild_net(model_dir)
+    feats_path, rows_path = model_dir / "features.json", model_dir / "parity_rows.safetensors"
+    if not feats_path.is_file() or not rows_path.is_file():
+        raise ExportError(f"{model_dir}: need features.json and parity_rows.safetensors (a `recsys rank train` run)")
+    feats = json.loads(feats_path.read_text())
+    names = list(feats["inputs"])
+    rows = load_numpy(str(rows_path))
+    missing = [n for n in names if n not in rows]
+    n_rows = len(rows[names[0]]) if names and not missing else 0
+    if missing or n_rows < min_rows:
+        raise ExportError(f"{rows_path}: need >= {min_rows} rows of {names}; got {n_rows} rows, missing {missing}")
+    label = rows.get("label")
+    rows = {n: rows[n] for n in names}
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    import onnx
+
+    with atomic_dir(out_dir) as tmp:
+        t0 = time.perf_counter()
+        export_onnx(net, {n: v[:8] for n, v in rows.items()}, tmp / MODEL_FILE, opset)
+        export_s = time.perf_counter() - t0
+        parity = {**parity_check(net, onnx_session(tmp / MODEL_FILE), rows, batch_sizes), "tolerance": tolerance}
+        if not parity["max_abs_diff"] <= tolerance:
+            raise ExportError(f"parity check failed for {run_dir}: max |torch - onnx| = {parity['max_abs_diff']:.3g} "
+                              f"> {tolerance:g} over {n_rows} rows (by batch size: {parity['max_abs_diff_by_batch']}); "
+                              f"nothing written to {out_dir}")
+        if label is not None:  # the bundle's own AUC on these rows, next to the run's test AUC
+            from recsys.evaluation.binary import roc_auc
+
+            parity["onnx_auc_on_rows"] = roc_auc(label, onnx_scores(onnx_session(tmp / MODEL_FILE), rows))
+        proto = onnx.load(str(tmp / MODEL_FILE), load_external_data=False)
+        onnx.checker.check_model(proto)
+        opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
+        manifest = {
+            "format": MANIFEST_FORMAT, "name": name or out_dir.name, "created_unix": time.time(),
+            "model": {"file": MODEL_FILE, "class": model_args["_target_"], "model_args": model_args,
+                      "run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(model_dir / "weights.safetensors")},
+            "feature_set_version": feats["feature_set_version"],
+            "inputs": _input_spec(names, rows, feats["vocab_sizes"]),
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch"],
+                         "meaning": "click logit; sigmoid gives P(click)"}],
+            "dynamic_axes": {n: {"0": "batch"} for n in [*names, "logits"]},
+            "vocab_sizes": feats["vocab_sizes"], "opset": opsets.get("ai.onnx", opset), "opset_imports": opsets,
+            "versions": {**versions(), "onnx": onnx.__version__}, "git_commit": git_commit(),
+            "data_fingerprint": (summary.get("data") or {}).get("fingerprint"),
+            "test_metrics": {k: summary[k] for k in ("test/auc", "test/log_loss", "test/ece", "bayes_auc") if k in summary},
+            "parity": parity, "export_s": export_s,
+            "files": {MODEL_FILE: {"sha256": sha256_file(tmp / MODEL_FILE), "bytes": (tmp / MODEL_FILE).stat().st_size}},
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
+        for f in tmp.iterdir():  # temp files and folders are private (0600 / 0700): make the bundle readable
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+    return manifest
