@@ -82,3 +82,17 @@ def test_sequence_recommender_fits_and_scores_like_a_baseline():
     s = m.score(np.array([1, 2]), hist)
     assert s.shape == (2, 27)
     assert s[0, 1:].argmax() + 1 == 6 and s[1, 1:].argmax() + 1 == 12
+
+
+def test_bpr_mf_learns_two_taste_groups():
+    from recsys.training.mf_bpr import BPRMF
+
+    rng = np.random.default_rng(0)
+    # users 1..50 like items 1..10, users 51..100 like items 11..20
+    users = np.repeat(np.arange(1, 101), 5)
+    items = np.where(users <= 50, rng.integers(1, 11, size=500), rng.integers(11, 21, size=500))
+    m = BPRMF(dim=8, epochs=40, lr=0.05, seed=0).fit(users, items, 100, 20)
+    s = m.score(np.array([3, 70]), CSR.from_lists([[], []]))
+    assert s.shape == (2, 21)
+    top_a, top_b = np.argsort(-s[0, 1:])[:10] + 1, np.argsort(-s[1, 1:])[:10] + 1
+    assert (top_a <= 10).mean() >= 0.9 and (top_b > 10).mean() >= 0.9

@@ -115,7 +115,7 @@ def test_demo_end_to_end(tmp_path, tiny_synthetic):
     assert "test/ndcg@10" in res.stdout  # the results table
     summary = json.loads((run_dir / "summary.json").read_text())
     results = summary["results"]
-    assert set(results) == {"popularity", "random", "markov", "itemknn", "ease", "sasrec"}
+    assert set(results) == {"popularity", "random", "markov", "itemknn", "ease", "bpr", "sasrec"}
     assert results["markov"]["test/ndcg@10"] > results["popularity"]["test/ndcg@10"] > results["random"]["test/ndcg@10"]
     assert results["sasrec"]["test/ndcg@10"] > results["random"]["test/ndcg@10"]
     assert 0 < results["sasrec"]["test/coverage@10"] <= 1
