@@ -37,13 +37,13 @@ USAGE = """usage: recsys <command> [key=value ...] [-m] [--cfg job]
 commands:
   data stats     data=<preset>                         dataset statistics as JSON
   data validate  path=<file> format=<seqtxt|recbole|csv|parquet>
-  evaluate       model=<popularity|random|markov|itemknn|ease> data=<preset> split=<loo|temporal>
+  evaluate       model=<popularity|random|markov|itemknn|ease|bpr|sasrec_fit> data=<preset> split=<loo|temporal>
   train          experiment=<sasrec_beauty|...> [net=... loss=... trainer=cpu|gpu|ddp|ddp_cpu]
   ope            policy=<markov|popularity|...|linucb|linear_ts|bernoulli_ts> [logs=<file>]  off-policy evaluation
   ope bench      100-seed study of the OPE estimators on the synthetic world
   ope regret     bandits learning online in the synthetic world: cumulative regret vs oracle
   ope align      offline NDCG vs OPE estimate vs true online value, per model variant
-  demo           synthetic data -> baselines + SASRec -> exact evaluation -> results table
+  demo           synthetic data -> baselines + SASRec -> exact evaluation -> table -> OPE table
   ab analyze     path=<parquet> [experiment.salt=... columns.timestamp=...]   A/B report + audit archive
   ab plan        baseline_rate=<p>|std=<sd> mde=<m> [relative=false arms=3]   sample size per arm
   ab simulate    [simulation.lifts.treatment=0.05 world=... checks=true]      synthetic experiment (+ checks)
