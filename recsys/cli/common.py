@@ -43,10 +43,10 @@ def write_summary(cfg: DictConfig, summary: dict[str, Any]) -> Path:
     return out
 
 
-def format_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
+def format_table(rows: dict[str, dict[str, float]], columns: list[str], label: str = "model") -> str:
     """A plain-text table: one row per model, one column per metric."""
-    name_w = max([len("model"), *(len(r) for r in rows)])
-    head = f"{'model':<{name_w}}  " + "  ".join(f"{c:>12}" for c in columns)
+    name_w = max([len(label), *(len(r) for r in rows)])
+    head = f"{label:<{name_w}}  " + "  ".join(f"{c:>12}" for c in columns)
     lines = [head, "-" * len(head)]
     for name, vals in rows.items():
         cells = "  ".join(f"{vals.get(c, float('nan')):>12.4f}" for c in columns)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.cli.common import data_lineage, load_data, write_summary
+from recsys.cli.common import data_lineage, format_table, load_data, write_summary
 from recsys.data.bandit_logs import BanditLog, read_bandit_log, resample_impressions, synthetic_bandit_log
 from recsys.data.synthetic_source import load_world
 from recsys.evaluation import ope as O
@@ -207,12 +207,7 @@ def _crossfit(s: Setup, log: BanditLog, o: DictConfig, seed: int) -> CrossFit:
 
 
 def _table(rows: dict[str, dict[str, float]], cols: list[str]) -> str:
-    w = max(10, *(len(n) + 1 for n in rows))
-    head = f"{'name':<{w}}" + "".join(f"{c:>12}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for name, r in rows.items():
-        lines.append(f"{name:<{w}}" + "".join(f"{r.get(c, float('nan')):>12.4f}" for c in cols))
-    return "\n".join(lines)
+    return format_table(rows, cols, label="name")
 
 
 def _clip(o: DictConfig) -> float | None:

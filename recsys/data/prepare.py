@@ -66,12 +66,7 @@ class PreparedData:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(user_idx, item_idx, timestamp)`` as numpy, sorted by user then time."""
-        t = self.interactions
-        return (
-            t.column(S.USER_IDX).to_numpy().astype(np.int64),
-            t.column(S.ITEM_IDX).to_numpy().astype(np.int64),
-            t.column(S.TIMESTAMP).to_numpy(),
-        )
+        return interaction_arrays(self.interactions)
 
     def item_codes(self, column: str) -> np.ndarray | None:
         """Integer codes of a categorical item column, ``(n_items + 1,)``, 0 for padding."""
@@ -79,6 +74,15 @@ class PreparedData:
             return None
         codes = pc.dictionary_encode(self.items.column(column)).combine_chunks().indices
         return np.concatenate([[0], codes.to_numpy(zero_copy_only=False).astype(np.int64) + 1])
+
+
+def interaction_arrays(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(user_idx, item_idx, timestamp)`` columns of a prepared interaction table."""
+    return (
+        t.column(S.USER_IDX).to_numpy().astype(np.int64),
+        t.column(S.ITEM_IDX).to_numpy().astype(np.int64),
+        t.column(S.TIMESTAMP).to_numpy(),
+    )
 
 
 def fingerprint(loader: Loader, filters: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:

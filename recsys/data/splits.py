@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from recsys.data.prepare import PreparedData
+from recsys.data.prepare import PreparedData, interaction_arrays
 from recsys.utils.errors import RecsysError
 from recsys.utils.sparse import CSR
 
@@ -35,12 +35,7 @@ class Split:
     info: dict[str, Any] = field(default_factory=dict)
 
     def train_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        t = self.train
-        return (
-            t.column("user_idx").to_numpy().astype(np.int64),
-            t.column("item_idx").to_numpy().astype(np.int64),
-            t.column("timestamp").to_numpy(),
-        )
+        return interaction_arrays(self.train)
 
 
 def _positions(users: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
