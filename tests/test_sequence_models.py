@@ -10,12 +10,23 @@ from recsys.models.gru4rec import GRU4Rec
 from recsys.models.sequential import SASRec
 
 N_ITEMS, D = 30, 32
+
+
+def _sasrec_relpos(**kw) -> SASRec:
+    """SASRec with the relative-distance attention bias and no absolute positions;
+    the bias is drawn large so that a causality or padding leak would show."""
+    net = SASRec(n_items=N_ITEMS, max_len=16, hidden=D, rel_pos=True, abs_pos=False, **kw)
+    torch.nn.init.normal_(net.rel_bias.weight, std=2.0)
+    return net
+
+
 BUILDERS = {
     "sasrec": lambda **kw: SASRec(n_items=N_ITEMS, max_len=16, hidden=D, **kw),
+    "sasrec_relpos": _sasrec_relpos,
     "bert4rec": lambda **kw: BERT4Rec(n_items=N_ITEMS, max_len=16, hidden=D, **kw),
     "gru4rec": lambda **kw: GRU4Rec(n_items=N_ITEMS, hidden=D, **kw),
 }
-CAUSAL = ["sasrec", "gru4rec"]
+CAUSAL = ["sasrec", "sasrec_relpos", "gru4rec"]
 
 
 def build(name: str, **kw) -> torch.nn.Module:

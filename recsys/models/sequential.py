@@ -59,15 +59,23 @@ class TransformerEncoder(nn.Module):
         causal: mask future positions (SASRec) or not (BERT4Rec).
         extra_tokens: extra embedding rows after the items (BERT4Rec's [MASK]).
         tied: score with the input item embeddings; else a separate output table.
+        rel_pos: add a learned per-head attention bias indexed by the query-key
+            distance (T5-style, shared by all layers): "k items ago" becomes a
+            direct recency signal at every position. Distances depend only on the
+            real items, so causality and padding invariance are kept.
+        abs_pos: keep the absolute position embeddings (counted from the first item).
     """
 
     def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
                  dropout: float = 0.2, attn_dropout: float | None = None, ffn_mult: int = 1, causal: bool = True,
-                 extra_tokens: int = 0, tied: bool = True):
+                 extra_tokens: int = 0, tied: bool = True, rel_pos: bool = False, abs_pos: bool = True):
         super().__init__()
         self.n_items, self.max_len, self.hidden, self.causal = n_items, max_len, hidden, causal
         self.item_emb = nn.Embedding(n_items + 1 + extra_tokens, hidden, padding_idx=0)
-        self.pos_emb = nn.Embedding(max_len, hidden)
+        self.pos_emb = nn.Embedding(max_len, hidden) if abs_pos else None
+        self.n_heads = n_heads
+        # distances -(max_len-1)..(max_len-1) -> 2*max_len-1 rows, one bias per head
+        self.rel_bias = nn.Embedding(2 * max_len - 1, n_heads) if rel_pos else None
         self.emb_drop = nn.Dropout(dropout)
         attn_dropout = dropout if attn_dropout is None else attn_dropout
         self.blocks = nn.ModuleList(
@@ -89,15 +97,23 @@ class TransformerEncoder(nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         B, T = seq.shape
         real = seq > 0  # B, T
-        x = self.item_emb(seq) * math.sqrt(self.hidden) + self.pos_emb(positions_from_first_item(seq))
+        x = self.item_emb(seq) * math.sqrt(self.hidden)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions_from_first_item(seq))
         x = self.emb_drop(x) * real.unsqueeze(-1)
         allowed = real[:, None, None, :].expand(B, 1, T, T)  # keys that are real items
         if self.causal:
             allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=seq.device).tril()
         # a padded query may attend to itself (keeps softmax finite; its output is zeroed)
         allowed = allowed | torch.eye(T, dtype=torch.bool, device=seq.device)
+        mask: torch.Tensor = allowed
+        if self.rel_bias is not None:
+            idx = torch.arange(T, device=seq.device)
+            dist = (idx[:, None] - idx[None, :]).clamp(-(self.max_len - 1), self.max_len - 1) + self.max_len - 1
+            bias = self.rel_bias(dist).permute(2, 0, 1).unsqueeze(0)  # 1, H, T, T
+            mask = bias.masked_fill(~allowed, float("-inf"))  # B, H, T, T
         for block in self.blocks:
-            x = block(x, allowed)
+            x = block(x, mask)
         return self.ln_f(x) * real.unsqueeze(-1)
 
     def output_embeddings(self) -> torch.Tensor:
@@ -118,9 +134,10 @@ class SASRec(TransformerEncoder):
     """
 
     def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
-                 dropout: float = 0.2, attn_dropout: float | None = None, ffn_mult: int = 1, tied: bool = True):
+                 dropout: float = 0.2, attn_dropout: float | None = None, ffn_mult: int = 1, tied: bool = True,
+                 rel_pos: bool = False, abs_pos: bool = True):
         super().__init__(n_items, max_len, hidden, n_layers, n_heads, dropout, attn_dropout, ffn_mult,
-                         causal=True, tied=tied)
+                         causal=True, tied=tied, rel_pos=rel_pos, abs_pos=abs_pos)
 
     def next_item_state(self, seq: torch.Tensor) -> torch.Tensor:
         """``(B, D)``: the state after the last item of each (left-padded) sequence."""
