@@ -28,7 +28,7 @@ def bundle(run_dir, tmp_path_factory) -> Path:
 
 
 def test_bundle_layout_and_manifest_round_trip(bundle, run_dir):
-    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "ranker.onnx"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "manifest.sha256", "ranker.onnx"]
     m = json.loads((bundle / "manifest.json").read_text())
     feats = json.loads((run_dir / "model" / "features.json").read_text())
     assert [i["name"] for i in m["inputs"]] == feats["inputs"]
@@ -42,6 +42,8 @@ def test_bundle_layout_and_manifest_round_trip(bundle, run_dir):
     assert m["model"]["run_dir"] == str(run_dir.resolve())
     assert {"torch", "onnxruntime", "onnx", "numpy"} <= set(m["versions"])
     assert m["files"]["ranker.onnx"]["sha256"] == sha256_file(bundle / "ranker.onnx")
+    assert (bundle / "manifest.sha256").read_text().split()[0] == sha256_file(bundle / "manifest.json")
+    assert m["kind"] == "ranker" and m["compatible_embedding_versions"] == []
     assert m["parity"]["rows"] >= 1000 and m["parity"]["max_abs_diff"] <= 1e-5
     assert set(m["parity"]["max_abs_diff_by_batch"]) == {"1", "7", "256", "1000"}
     import onnx

@@ -157,3 +157,77 @@ def test_rank_train_command_writes_summary_and_model(tmp_path):
     model = tmp_path / "run" / "model"
     assert {p.name for p in model.iterdir()} >= {"model_args.json", "weights.safetensors", "features.json",
                                                   "parity_rows.safetensors"}
+    assert (tmp_path / "run" / "reliability.png").stat().st_size > 1000
+    for order in ("model", "logged", "bayes"):
+        assert 0 < s[f"test/slate_ndcg@5/{order}"] <= 1 and 0 < s[f"test/slate_ndcg_relevance@5/{order}"] <= 1
+    assert s["test/slate_ndcg_relevance@5/bayes"] == pytest.approx(1.0)  # true-relevance order is ideal
+    assert s["slate_ndcg"]["groups_with_click"] > 0 and len(s["reliability"]["count"]) > 0
+
+
+def test_slate_ndcg_by_hand():
+    from recsys.training.ranker_metrics import slate_ndcg
+
+    group = np.array([7, 7, 7, 2, 2, 9, 9])
+    label = np.array([0, 1, 0, 1, 0, 0, 0])
+    score = np.array([3.0, 2.0, 1.0, 5.0, 4.0, 1.0, 2.0])
+    # group 7: the click at rank 2 -> 1/log2(3); group 2: rank 1 -> 1; group 9 has no click: skipped
+    res = slate_ndcg(group, label, score, k=5)
+    assert res == {"ndcg": pytest.approx((1 / np.log2(3) + 1) / 2), "groups": 2, "skipped": 1}
+    assert slate_ndcg(group, label, score, k=1)["ndcg"] == pytest.approx(0.5)  # rank 2 falls outside @1
+    assert slate_ndcg(group, label, -score, k=5)["ndcg"] == pytest.approx(1 / np.log2(3))
+    with pytest.raises(ValueError, match="lengths differ"):
+        slate_ndcg(group, label[:3], score, 5)
+
+
+def test_reliability_table_and_plot(tmp_path):
+    from recsys.training.ranker_metrics import reliability_plot
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20000)
+    y = (rng.uniform(0, 1, 20000) < p).astype(float)
+    t = reliability_plot(y, p, tmp_path / "r.png", title="t", ece=expected_calibration_error(y, p), n_bins=10)
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(t["count"]) == 10 and sum(t["count"]) == 20000
+    np.testing.assert_allclose(t["observed_rate"], t["mean_predicted"], atol=0.03)  # calibrated by construction
+
+
+def _ratings_data():
+    import pyarrow as pa
+
+    from recsys.data.base import LoadedData
+    from recsys.data.prepare import build
+    from recsys.schema import conform_events
+
+    rng = np.random.default_rng(0)
+    n = 600
+    t = pa.table({"user_id": pa.array([f"u{i}" for i in rng.integers(0, 30, n)]),
+                  "item_id": pa.array([f"i{i}" for i in rng.integers(0, 50, n)]),
+                  "timestamp": pa.array(rng.permutation(n).astype(float) * 10),
+                  "event_type": pa.array(["rating"] * n), "value": pa.array(rng.integers(1, 6, n).astype(float))})
+    return build(LoadedData(conform_events(t), timestamp_kind="unix"), "ratings", {})
+
+
+def test_rating_features_labels_negatives_and_point_in_time():
+    from recsys.features.ranker import build_rating_features
+
+    data = _ratings_data()
+    table = build_rating_features(data, threshold=4.0, negatives_per_event=2, seed=0)
+    inter = data.interactions
+    n = inter.num_rows
+    assert len(table) == 3 * n and table.version == "ratings_ranker_features/1"
+    rated = set(zip(inter.column("user_idx").to_pylist(), inter.column("item_idx").to_pylist()))
+    f = table.features
+    is_event = np.zeros(len(table), dtype=bool)
+    # per request: one rated row (label = rating >= 4) + 2 never-rated items (label 0)
+    pairs = list(zip(f["user"].tolist(), f["item"].tolist()))
+    for r in range(len(table)):
+        is_event[r] = pairs[r] in rated
+    assert is_event.sum() >= n and (table.label[~is_event] == 0).all()
+    assert table.label[is_event].mean() == pytest.approx((inter.column("value").to_numpy() >= 4).mean(), abs=0.05)
+    # point in time: the popularity of an item counts only its strictly earlier ratings
+    it, ts = inter.column("item_idx").to_numpy(), inter.column("timestamp").to_numpy()
+    for r in range(0, len(table), 97):
+        want = int(((it == f["item"][r]) & (ts < table.timestamp[r])).sum())
+        assert np.expm1(f["item_log_pop"][r]) == pytest.approx(want, abs=1e-3)
+    s = time_split(table, 0.1, 0.1)
+    assert table.timestamp[s["train"]].max() < table.timestamp[s["test"]].min()

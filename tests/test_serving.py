@@ -139,6 +139,51 @@ def test_feature_set_version_mismatch_names_both(bundle, tmp_path):
     d = _copy(bundle[0], tmp_path)
     m = json.loads((d / "manifest.json").read_text())
     m["format"] = "something/9"
-    (d / "manifest.json").write_text(json.dumps(m))
+    _rewrite_manifest(d, m)  # consistent checksum: the format check itself must refuse it
     with pytest.raises(BundleError, match="format"):
         RankerRuntime(d)
+
+
+def _rewrite_manifest(d: Path, m: dict) -> None:
+    import hashlib
+
+    raw = json.dumps(m).encode()
+    (d / "manifest.json").write_bytes(raw)
+    (d / "manifest.sha256").write_text(f"{hashlib.sha256(raw).hexdigest()}  manifest.json\n")
+
+
+def test_tampered_manifest_is_refused(bundle, tmp_path):
+    """A manifest edited to match a modified model (or to change a version) fails its own checksum."""
+    d = _copy(bundle[0], tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    m["feature_set_version"] = "ranker_features/2"
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="modified manifest"):
+        RankerRuntime(d)
+    (d / "manifest.sha256").unlink()
+    with pytest.raises(BundleError, match="no manifest.sha256"):
+        RankerRuntime(d)
+
+
+def test_retrieval_pairing_checks_embedding_versions(bundle, tmp_path):
+    from recsys.export.onnx_ranker import export_ranker
+
+    out = tmp_path / "paired"
+    export_ranker(bundle[1], out, compatible_embedding_versions=["SASRec/0123456789abcdef"])
+    ok = RankerRuntime(out, feature_set_version=VERSION,
+                       retrieval_bundle={"embedding_version": "SASRec/0123456789abcdef"})
+    assert ok.embedding_version == "SASRec/0123456789abcdef"
+    with pytest.raises(BundleError, match=r"SASRec/0123456789abcdef.*'SASRec/ffffffffffffffff'"):
+        RankerRuntime(out, retrieval_bundle={"embedding_version": "SASRec/ffffffffffffffff"})
+    with pytest.raises(BundleError, match="none declared.*'SASRec/0123456789abcdef'"):
+        RankerRuntime(bundle[0], retrieval_bundle={"embedding_version": "SASRec/0123456789abcdef"})
+    with pytest.raises(BundleError, match="declares no embedding_version"):
+        RankerRuntime(out, retrieval_bundle={"name": "old-index"})
+    # a retrieval bundle folder: its manifest is checksum-verified before its version is read
+    r = tmp_path / "retrieval"
+    r.mkdir()
+    _rewrite_manifest(r, {"embedding_version": "SASRec/0123456789abcdef"})
+    assert RankerRuntime(out, retrieval_bundle=r).embedding_version == "SASRec/0123456789abcdef"
+    (r / "manifest.json").write_text(json.dumps({"embedding_version": "SASRec/ffffffffffffffff"}))
+    with pytest.raises(BundleError, match="modified manifest"):
+        RankerRuntime(out, retrieval_bundle=r)

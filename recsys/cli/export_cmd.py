@@ -1,11 +1,18 @@
 """``recsys export`` (run dir -> ONNX bundle with manifest and parity check) and
-``recsys export bench`` (latency of a bundle, ORT vs torch eager)."""
+``recsys export bench`` (latency of a bundle, ORT vs torch eager).
+
+The kind of bundle follows the run's ``model/model_args.json``: a ranker
+(``recsys rank train`` run, ``ranker.onnx``) or a query encoder (a registered
+sequence model of a ``recsys train`` run, ``query_encoder.onnx`` + item table;
+see ``recsys/export/onnx_encoder.py``)."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli.common import write_summary
 from recsys.utils.errors import RecsysError
@@ -16,31 +23,109 @@ def _bundle_dir(cfg: DictConfig, name: str) -> Path:
     return p if p.is_dir() and (p / "manifest.json").is_file() else Path(cfg.paths.export_dir) / name
 
 
+def run_histories(run_dir: Path) -> tuple[Any, str, str | None]:
+    """The test-split user histories of the data a `recsys train` run was
+    trained on (rebuilt from the resolved config in its summary.json), a
+    description of them, and the data fingerprint."""
+    from hydra.utils import instantiate
+
+    from recsys.cli.common import load_data
+
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise RecsysError(f"{summary_path}: missing (the encoder parity check rebuilds the run's data split from it)")
+    run_cfg = OmegaConf.create(json.loads(summary_path.read_text()).get("config") or {})
+    if "data" not in run_cfg or "split" not in run_cfg:
+        raise RecsysError(f"{summary_path}: its config has no data/split (not a `recsys train` run?)")
+    data, _ = load_data(run_cfg)
+    split = instantiate(run_cfg.split).split(data)
+    return split.test.history, f"test-split histories of data={data.name} ({split.info.get('split')})", data.fingerprint
+
+
+def _compatible_versions(cfg: DictConfig) -> list[str]:
+    from recsys.serving.bundle import BundleError, declared_embedding_version
+
+    out = []
+    for ref in cfg.get("compatible_with") or []:
+        try:
+            out.append(declared_embedding_version(_bundle_dir(cfg, str(ref)))[0])
+        except BundleError as e:
+            raise RecsysError(f"compatible_with={ref}: {e}") from None
+    return out
+
+
 def export(cfg: DictConfig) -> dict:
-    from recsys.export.onnx_ranker import export_ranker
+    from recsys.export.onnx_encoder import bundle_kind
 
     run_dir = Path(cfg.run)
     if not (run_dir / "model").is_dir():
-        raise RecsysError(f"run={run_dir}: no model/ folder (expected a `recsys rank train` run directory)")
+        raise RecsysError(f"run={run_dir}: no model/ folder (expected a `recsys rank train` or `recsys train` run directory)")
     out = Path(cfg.paths.export_dir) / str(cfg.name)
     t0 = time.perf_counter()
-    manifest = export_ranker(run_dir, out, name=str(cfg.name), opset=int(cfg.opset),
-                             tolerance=float(cfg.parity.tolerance), min_rows=int(cfg.parity.min_rows),
-                             batch_sizes=list(cfg.parity.batch_sizes))
-    p = manifest["parity"]
-    print(f"exported {out}: {p['rows']} parity rows, max |torch - onnx| = {p['max_abs_diff']:.3g} "
-          f"(tolerance {p['tolerance']:g}), opset {manifest['opset']}")
-    result = {"bundle": str(out), "parity_max_abs_diff": p["max_abs_diff"], "parity_rows": p["rows"],
-              "opset": manifest["opset"], "feature_set_version": manifest["feature_set_version"]}
+    kind = bundle_kind(run_dir / "model")
+    if kind == "query_encoder":
+        from recsys.export.onnx_encoder import export_query_encoder
+
+        histories, source, fingerprint = run_histories(run_dir)
+        enc = cfg.encoder
+        manifest = export_query_encoder(run_dir, out, histories, name=str(cfg.name), opset=int(cfg.opset),
+                                        tolerance=float(enc.tolerance), min_users=int(enc.min_users),
+                                        lengths=list(enc.lengths), k=int(enc.k),
+                                        min_topk_agreement=float(enc.min_topk_agreement),
+                                        data_fingerprint=fingerprint, history_source=source)
+        p = manifest["parity"]
+        for row in p["by_length"]:
+            print(f"  length {row['length']:>3}: max |torch - onnx| = {row['max_abs_diff']:.3g}, "
+                  f"top-{p['k']} identical for {row['topk_agreement']:.2%} of {row['users']} users")
+        print(f"exported {out}: query encoder ({manifest['model']['class']}), embedding_version "
+              f"{manifest['embedding_version']}, opset {manifest['opset']}")
+        result = {"bundle": str(out), "kind": kind, "parity_max_abs_diff": p["max_abs_diff"],
+                  "parity_min_topk_agreement": p["min_topk_agreement"], "parity_users": p["users"],
+                  "parity_by_length": p["by_length"], "opset": manifest["opset"],
+                  "embedding_version": manifest["embedding_version"]}
+    else:
+        from recsys.export.onnx_ranker import export_ranker
+
+        manifest = export_ranker(run_dir, out, name=str(cfg.name), opset=int(cfg.opset),
+                                 tolerance=float(cfg.parity.tolerance), min_rows=int(cfg.parity.min_rows),
+                                 batch_sizes=list(cfg.parity.batch_sizes),
+                                 compatible_embedding_versions=_compatible_versions(cfg))
+        p = manifest["parity"]
+        print(f"exported {out}: {p['rows']} parity rows, max |torch - onnx| = {p['max_abs_diff']:.3g} "
+              f"(tolerance {p['tolerance']:g}), opset {manifest['opset']}")
+        result = {"bundle": str(out), "kind": kind, "parity_max_abs_diff": p["max_abs_diff"], "parity_rows": p["rows"],
+                  "opset": manifest["opset"], "feature_set_version": manifest["feature_set_version"],
+                  "compatible_embedding_versions": manifest["compatible_embedding_versions"]}
     path = write_summary(cfg, {"command": "export", **result, "files": manifest["files"],
                                "timings": {"total_s": time.perf_counter() - t0}})
     print(f"summary: {path}")
     return result
 
 
-def bench(cfg: DictConfig) -> dict:
-    import json
+def _bench_encoder(cfg: DictConfig, bundle: Path, manifest: dict) -> dict:
+    from recsys.export.bench import bench_encoder
+    from recsys.export.onnx_encoder import ENCODERS
+    from recsys.export.onnx_ranker import rebuild_net
 
+    module = None
+    if cfg.torch:
+        net = rebuild_net(Path(manifest["model"]["run_dir"]) / "model")[0]
+        module = ENCODERS[manifest["model"]["class"]].wrap(net).eval()
+    res = bench_encoder(bundle, module, batch_sizes=list(cfg.encoder_batch_sizes), seq_len=cfg.get("seq_len"),
+                        n_requests=int(cfg.encoder_calls), seed=int(cfg.seed))
+    res.update(bundle=str(bundle), kind="query_encoder", parity_max_abs_diff=manifest["parity"]["max_abs_diff"])
+    print(f"query encoder {manifest['model']['class']}, seq_len {res['seq_len']}, {res['n_items']} items "
+          f"(single thread; ratio > 1: ORT faster)")
+    print(f"{'batch':>6}  {'ORT p50 ms':>10}  {'ORT p99 ms':>10}  {'+top10 ms':>9}  {'torch p50 ms':>12}  {'torch/ORT':>9}")
+    for b, r in res["by_batch"].items():
+        print(f"{b:>6}  {r['onnx_p50_ms']:10.3f}  {r['onnx_p99_ms']:10.3f}  {r['onnx_plus_topk_p50_ms']:9.3f}  "
+              f"{r.get('torch_p50_ms', float('nan')):12.3f}  {r.get('torch_over_onnx_p50', float('nan')):9.2f}")
+    path = write_summary(cfg, {"command": "export bench", **res, "model": manifest["model"]["class"]})
+    print(f"summary: {path}")
+    return res
+
+
+def bench(cfg: DictConfig) -> dict:
     from safetensors.numpy import load_file
 
     from recsys.export.bench import bench_bundle
@@ -50,6 +135,8 @@ def bench(cfg: DictConfig) -> dict:
     if not (bundle / "manifest.json").is_file():
         raise RecsysError(f"bundle={cfg.bundle}: no manifest.json in {bundle}")
     manifest = json.loads((bundle / "manifest.json").read_text())
+    if manifest.get("kind") == "query_encoder":
+        return _bench_encoder(cfg, bundle, manifest)
     model_dir = Path(manifest["model"]["run_dir"]) / "model"
     names = [i["name"] for i in manifest["inputs"]]
     rows_path = model_dir / "parity_rows.safetensors"

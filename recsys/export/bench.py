@@ -113,3 +113,53 @@ def int8_comparison(onnx_path: str | Path, out_path: str | Path, rows: dict[str,
         out["p50_ms"][k], out["p99_ms"][k] = float(np.percentile(ms8, 50)), float(np.percentile(ms8, 99))
         out["speedup_p50"][k] = float(np.median(ms32) / np.median(ms8))
     return out
+
+
+def bench_encoder(bundle_dir: str | Path, module: Any = None, batch_sizes: Sequence[int] = (1, 256),
+                  seq_len: int | None = None, n_requests: int = 300, k: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Latency of a query-encoder bundle: p50 / p99 ms of ONNX Runtime (one
+    thread) per call of ``batch`` users x ``seq_len`` items (default the model's
+    ``max_len``, the worst case; ids drawn uniformly from the catalogue), the
+    same with the full-catalogue top-``k`` in numpy added, and, with the torch
+    ``module`` (``items -> state``), torch eager on the same inputs (one thread)
+    and the ratio torch p50 / ORT p50 (> 1: ORT faster; < 1: torch faster)."""
+    import json
+
+    import torch
+
+    from recsys.export.onnx_encoder import onnx_states, top_k_excluding
+    from recsys.export.onnx_ranker import onnx_session
+
+    bundle_dir = Path(bundle_dir)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    spec = manifest["inputs"][0]
+    seq_len = int(seq_len or spec.get("max_len") or 50)
+    table = np.load(bundle_dir / manifest["item_embeddings"]["file"], allow_pickle=False)
+    session = onnx_session(bundle_dir / manifest["model"]["file"], threads=1)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"seq_len": seq_len, "n_items": int(len(table) - 1), "by_batch": {}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for b in batch_sizes:
+            n = max(20, min(n_requests, n_requests * 8 // max(b, 8)))  # fewer calls for big batches
+            reqs = [rng.integers(1, len(table), (b, seq_len)) for _ in range(n)]
+            ort_ms = time_calls(lambda x: onnx_states(session, x, batch_size=b), reqs, warmup=5)
+            topk_ms = time_calls(lambda x: top_k_excluding(onnx_states(session, x, batch_size=b) @ table.T, x, k),
+                                 reqs, warmup=5)
+            row: dict[str, Any] = {"calls": n, "onnx_p50_ms": float(np.median(ort_ms)),
+                                   "onnx_p99_ms": float(np.percentile(ort_ms, 99)),
+                                   "onnx_plus_topk_p50_ms": float(np.median(topk_ms))}
+            if module is not None:
+                def torch_fn(x: np.ndarray) -> Any:
+                    with torch.inference_mode():
+                        return module(torch.from_numpy(x))
+
+                t_ms = time_calls(torch_fn, reqs, warmup=5)
+                row["torch_p50_ms"], row["torch_p99_ms"] = float(np.median(t_ms)), float(np.percentile(t_ms, 99))
+                row["torch_over_onnx_p50"] = row["torch_p50_ms"] / row["onnx_p50_ms"]
+                row["faster"] = "onnxruntime" if row["torch_over_onnx_p50"] > 1 else "torch"
+            out["by_batch"][str(b)] = row
+    finally:
+        torch.set_num_threads(threads)
+    return out

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from recsys.utils.errors import RecsysError
-from recsys.utils.io import atomic_dir, sha256_file, write_json_atomic
+from recsys.utils.io import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
 from recsys.utils.lineage import git_commit, versions
 
 MANIFEST_FORMAT = "recsys.export_bundle/1"
@@ -37,8 +37,27 @@ PARITY_TOLERANCE = 1e-5
 PARITY_BATCH_SIZES = (1, 7, 256, 1000)
 
 
+MANIFEST_SHA_FILE = "manifest.sha256"
+
+
 class ExportError(RecsysError):
     """Export refused: missing artifacts, too few rows, or failed parity."""
+
+
+def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """``manifest.json`` plus ``manifest.sha256`` (sha256 of the manifest's bytes,
+    ``sha256sum`` format) so that serving refuses a modified manifest."""
+    bundle_dir = Path(bundle_dir)
+    write_json_atomic(bundle_dir / "manifest.json", manifest)
+    digest = sha256_file(bundle_dir / "manifest.json")
+    write_text_atomic(bundle_dir / MANIFEST_SHA_FILE, f"{digest}  manifest.json\n")
+
+
+def finalize_bundle_permissions(tmp: Path) -> None:
+    """Temp files and folders are private (0600 / 0700): make the bundle readable."""
+    for f in tmp.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    tmp.chmod(0o755)
 
 
 def rebuild_net(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -75,7 +94,8 @@ def export_onnx(net: nn.Module, example: dict[str, np.ndarray], path: str | Path
     names = list(example)
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
     batch = torch.export.Dim("batch", min=1, max=1 << 24)
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per deduplicated initializer
+    for noisy in ("onnx_ir", "onnxscript"):  # INFO lines per initializer / rewrite rule
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # one INFO line per deduplicated initializer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(_Positional(net, names).eval(), args, str(path), dynamo=True, external_data=False,
@@ -126,8 +146,13 @@ def _input_spec(names: Sequence[str], rows: dict[str, np.ndarray], vocab: dict[s
 
 def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = None, opset: int = OPSET,
                   tolerance: float = PARITY_TOLERANCE, min_rows: int = 1000,
-                  batch_sizes: Sequence[int] = PARITY_BATCH_SIZES) -> dict[str, Any]:
-    """Export ``<run_dir>/model`` into the bundle ``out_dir`` (atomically); returns the manifest."""
+                  batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
+                  compatible_embedding_versions: Sequence[str] = ()) -> dict[str, Any]:
+    """Export ``<run_dir>/model`` into the bundle ``out_dir`` (atomically); returns the manifest.
+
+    ``compatible_embedding_versions``: the ``embedding_version`` of the retrieval
+    bundles (query encoder / index) this ranker is meant to re-rank for; a
+    runtime given a retrieval bundle with another version refuses the pairing."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model_dir = run_dir / "model"
     net, model_args = rebuild_net(model_dir)
@@ -163,10 +188,11 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
         onnx.checker.check_model(proto)
         opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
         manifest = {
-            "format": MANIFEST_FORMAT, "name": name or out_dir.name, "created_unix": time.time(),
+            "format": MANIFEST_FORMAT, "kind": "ranker", "name": name or out_dir.name, "created_unix": time.time(),
             "model": {"file": MODEL_FILE, "class": model_args["_target_"], "model_args": model_args,
                       "run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(model_dir / "weights.safetensors")},
             "feature_set_version": feats["feature_set_version"],
+            "compatible_embedding_versions": sorted(set(compatible_embedding_versions)),
             "inputs": _input_spec(names, rows, feats["vocab_sizes"]),
             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch"],
                          "meaning": "click logit; sigmoid gives P(click)"}],
@@ -178,8 +204,6 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
             "parity": parity, "export_s": export_s,
             "files": {MODEL_FILE: {"sha256": sha256_file(tmp / MODEL_FILE), "bytes": (tmp / MODEL_FILE).stat().st_size}},
         }
-        write_json_atomic(tmp / "manifest.json", manifest)
-        for f in tmp.iterdir():  # temp files and folders are private (0600 / 0700): make the bundle readable
-            f.chmod(0o644)
-        tmp.chmod(0o755)
+        write_manifest(tmp, manifest)
+        finalize_bundle_permissions(tmp)
     return manifest

@@ -119,3 +119,122 @@ def build_ranker_features(world: Any) -> FeatureTable:
     vocab = {"user": cfg.n_users + 1, "item": cfg.n_items + 1, "category": cfg.n_categories + 1,
              "position": cfg.slate_size, "hour": 24, "user_group": cfg.n_groups + 1}
     return FeatureTable(features, click, req, ts, vocab, list(DENSE))
+
+
+# --------------------------------------------------------------------------- ratings data (ml-100k)
+
+RATINGS_FEATURE_SET_VERSION = "ratings_ranker_features/1"
+AGE_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens age groups: <18, 18-24, ..., 56+ -> codes 1..7 (0 unknown)
+
+
+def counts_before(key_e: np.ndarray, ts_e: np.ndarray, w_e: np.ndarray, key_q: np.ndarray,
+                  ts_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number and weight sum of events with the same key and a strictly earlier
+    timestamp, for each query (key_q, ts_q). All arrays 1-D; returns two (Q,) float64."""
+    ts_all = np.unique(np.concatenate([ts_e, ts_q]))
+    base = np.int64(len(ts_all) + 1)
+    comp_e = key_e.astype(np.int64) * base + np.searchsorted(ts_all, ts_e)
+    order = np.argsort(comp_e, kind="stable")
+    comp_e = comp_e[order]
+    w_cum = np.r_[0.0, np.cumsum(np.asarray(w_e, dtype=np.float64)[order])]
+    q = key_q.astype(np.int64) * base
+    hi = np.searchsorted(comp_e, q + np.searchsorted(ts_all, ts_q), side="left")
+    lo = np.searchsorted(comp_e, q, side="left")
+    return (hi - lo).astype(np.float64), w_cum[hi] - w_cum[lo]
+
+
+def _dictionary_codes(values: list[Any]) -> tuple[np.ndarray, int]:
+    """1-based codes of string values (sorted vocabulary; None/'' -> 0) and the vocab size."""
+    vocab = sorted({str(v) for v in values if v not in (None, "")})
+    index = {v: i + 1 for i, v in enumerate(vocab)}
+    return np.array([index.get(str(v), 0) if v not in (None, "") else 0 for v in values], dtype=np.int64), len(vocab) + 1
+
+
+def build_rating_features(data: Any, threshold: float = 4.0, negatives_per_event: int = 2,
+                          seed: int = 0) -> FeatureTable:
+    """Ranking rows from explicit ratings (a prepared dataset with ``value`` and
+    user / item side tables, e.g. ml-100k).
+
+    Every rating event is a "request" at its timestamp: the rated item (label 1
+    if rating >= ``threshold``, else 0: shown but not liked) plus
+    ``negatives_per_event`` items the user never rated (label 0), sampled
+    uniformly. Feature set :data:`RATINGS_FEATURE_SET_VERSION`:
+
+    * categorical: ``user``, ``item``, ``age`` (MovieLens age group, 1..7),
+      ``gender``, ``occupation`` (dictionary codes, 0 = unknown);
+    * dense: ``genre_<name>`` (0/1 per genre of the item's ``class`` list);
+      ``item_log_pop`` / ``user_log_n`` = log1p of the item's / user's ratings
+      strictly before the row's timestamp; ``item_like_rate`` / ``user_like_rate``
+      = smoothed share of those ratings that were >= threshold (point in time:
+      nothing at or after the row's own timestamp is counted).
+
+    ``request_id`` is the rating event (its rows share its timestamp, so a time
+    split never separates them); per-user candidate lists group by ``user``.
+    """
+    inter = data.interactions
+    if "value" not in inter.column_names or inter.column("value").null_count == inter.num_rows:
+        raise ValueError(f"data {data.name!r}: no rating values (column 'value'); a ratings ranker needs explicit ratings")
+    u = inter.column("user_idx").to_numpy().astype(np.int64)
+    it = inter.column("item_idx").to_numpy().astype(np.int64)
+    ts = inter.column("timestamp").to_numpy().astype(np.float64)
+    val = inter.column("value").to_numpy(zero_copy_only=False).astype(np.float64)
+    liked = (np.nan_to_num(val, nan=0.0) >= threshold).astype(np.float64)
+    n_users, n_items = data.n_users, data.n_items
+    rng = np.random.default_rng(seed)
+    # sampled negatives: items the user never rated (rejection sampling, vectorised)
+    rated = set((u * (n_items + 1) + it).tolist())
+    k = int(negatives_per_event)
+    neg_u, neg_t, neg_req = np.repeat(u, k), np.repeat(ts, k), np.repeat(np.arange(len(u)), k)
+    neg_i = rng.integers(1, n_items + 1, len(neg_u))
+    for _ in range(50):
+        bad = np.fromiter(((a * (n_items + 1) + b) in rated for a, b in zip(neg_u.tolist(), neg_i.tolist())),
+                          dtype=bool, count=len(neg_u))
+        if not bad.any():
+            break
+        neg_i[bad] = rng.integers(1, n_items + 1, int(bad.sum()))
+    row_u, row_i = np.r_[u, neg_u], np.r_[it, neg_i]
+    row_t, row_req = np.r_[ts, neg_t], np.r_[np.arange(len(u)), neg_req]
+    label = np.r_[liked, np.zeros(len(neg_u))].astype(np.float32)
+    order = np.lexsort((row_i, row_req))
+    row_u, row_i, row_t, row_req, label = row_u[order], row_i[order], row_t[order], row_req[order], label[order]
+
+    users, items = data.users, data.items
+
+    def side(table: Any, col: str, n: int) -> list[Any]:
+        out: list[Any] = [None] * (n + 1)
+        if col in table.column_names:
+            for idx, v in zip(table.column(table.column_names[0]).to_pylist(), table.column(col).to_pylist()):
+                out[int(idx)] = v
+        return out
+
+    ages = side(users, "age", n_users)
+    age_code = np.array([0 if a in (None, "") else 1 + int(np.searchsorted(AGE_EDGES, float(a), side="right"))
+                         for a in ages], dtype=np.int64)
+    gender, g_vocab = _dictionary_codes(side(users, "gender", n_users))
+    occupation, o_vocab = _dictionary_codes(side(users, "occupation", n_users))
+    genres_of = side(items, "class", n_items)
+    genre_names = sorted({g for gs in genres_of if gs for g in gs})
+    g_index = {g: j for j, g in enumerate(genre_names)}
+    genre = np.zeros((n_items + 1, len(genre_names)), dtype=np.float32)
+    for i, gs in enumerate(genres_of):
+        for g in gs or []:
+            genre[i, g_index[g]] = 1.0
+    i_n, i_like = counts_before(it, ts, liked, row_i, row_t)
+    u_n, u_like = counts_before(u, ts, liked, row_u, row_t)
+    prior = float(liked.mean()) if len(liked) else 0.5
+    features: dict[str, np.ndarray] = {
+        "user": row_u, "item": row_i, "age": age_code[row_u], "gender": gender[row_u], "occupation": occupation[row_u],
+        "item_log_pop": np.log1p(i_n).astype(np.float32), "user_log_n": np.log1p(u_n).astype(np.float32),
+        "item_like_rate": ((i_like + CTR_PRIOR_WEIGHT * prior) / (i_n + CTR_PRIOR_WEIGHT)).astype(np.float32),
+        "user_like_rate": ((u_like + CTR_PRIOR_WEIGHT * prior) / (u_n + CTR_PRIOR_WEIGHT)).astype(np.float32),
+    }
+    safe = {g: "genre_" + "".join(c if c.isalnum() else "_" for c in g.lower()) for g in genre_names}
+    for g in genre_names:
+        features[safe[g]] = genre[row_i, g_index[g]]
+    dense = ["item_log_pop", "user_log_n", "item_like_rate", "user_like_rate", *[safe[g] for g in genre_names]]
+    vocab = {"user": n_users + 1, "item": n_items + 1, "age": len(AGE_EDGES) + 2, "gender": g_vocab,
+             "occupation": o_vocab}
+    return FeatureTable(features, label, row_req.astype(np.int64), row_t, vocab, dense,
+                        RATINGS_FEATURE_SET_VERSION,
+                        {"threshold": threshold, "negatives_per_event": k,
+                         "positive_rate_rated": prior, "genres": genre_names})

@@ -1,66 +1,29 @@
 """Torch-free ranker runtime: ONNX Runtime + numpy over an export bundle.
 
-``RankerRuntime(bundle_dir)`` verifies every file's sha256 against
-``manifest.json`` (a tampered or truncated model is refused), checks the
-bundle's feature-set version against the one this service computes, and
+``RankerRuntime(bundle_dir)`` verifies the manifest against ``manifest.sha256``
+and every file's sha256 against the manifest (a tampered manifest, a tampered
+or truncated model is refused), checks the bundle's feature-set version against
+the one this service computes and, when given a retrieval bundle, that its
+``embedding_version`` is one the ranker was exported against; it
 validates each request against the manifest before scoring: missing or extra
 features, wrong dtype or shape, NaN / inf, and out-of-vocabulary ids all raise
 :class:`RequestError` (a ``ValueError``) naming the feature.
 
 Example::
 
-    rt = RankerRuntime("export/dcn", feature_set_version="ranker_features/1")
+    rt = RankerRuntime("export/dcn", feature_set_version="ranker_features/1",
+                       retrieval_bundle="export/sasrec_query")  # optional checks
     logits = rt.score({"user": np.array([3, 3]), "item": np.array([7, 9]), ...})  # (2,)
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-MANIFEST_FORMAT = "recsys.export_bundle/1"
-
-
-class BundleError(ValueError):
-    """The bundle cannot be served: bad manifest, checksum mismatch, wrong feature-set version."""
-
-
-class RequestError(ValueError):
-    """A request does not match the bundle's declared inputs."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    """``manifest.json`` of a bundle, with every listed file's size and sha256 verified."""
-    d = Path(bundle_dir)
-    path = d / "manifest.json"
-    if not path.is_file():
-        raise BundleError(f"{d}: no manifest.json (not an export bundle)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise BundleError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-    for name, info in manifest.get("files", {}).items():
-        f = d / name
-        if not f.is_file():
-            raise BundleError(f"{f}: listed in the manifest but missing")
-        if f.stat().st_size != info["bytes"]:
-            raise BundleError(f"{f}: {f.stat().st_size} bytes, manifest says {info['bytes']} (truncated or modified)")
-        if _sha256(f) != info["sha256"]:
-            raise BundleError(f"{f}: sha256 mismatch with the manifest (modified file)")
-    return manifest
+from recsys.serving.bundle import (MANIFEST_FORMAT, BundleError, RequestError, check_pairing,  # noqa: F401
+                                   load_manifest)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -74,20 +37,26 @@ class RankerRuntime:
         bundle_dir: an ``export/<name>/`` folder.
         feature_set_version: the version of the features this caller computes;
             a bundle declaring another version is refused (None skips the check).
+        retrieval_bundle: the retrieval side this ranker will re-rank for (a
+            bundle folder, its manifest, or a ``QueryEncoderRuntime``); refused
+            unless its ``embedding_version`` is in the ranker manifest's
+            ``compatible_embedding_versions`` (None skips the check).
         intra_op_threads: ONNX Runtime intra-op threads (1 = lowest latency per request).
         providers: execution providers; default CUDA when available, then CPU.
     """
 
     def __init__(self, bundle_dir: str | Path, feature_set_version: str | None = None,
-                 intra_op_threads: int = 1, providers: list[str] | None = None):
+                 intra_op_threads: int = 1, providers: list[str] | None = None, retrieval_bundle: Any = None):
         import onnxruntime as ort
 
         self.bundle_dir = Path(bundle_dir)
-        self.manifest = load_manifest(self.bundle_dir)
+        self.manifest = load_manifest(self.bundle_dir, kind="ranker")
         declared = self.manifest.get("feature_set_version")
         if feature_set_version is not None and declared != feature_set_version:
             raise BundleError(f"{self.bundle_dir}: bundle was trained on feature set {declared!r}, "
                               f"this service computes {feature_set_version!r}")
+        self.embedding_version = (None if retrieval_bundle is None
+                                  else check_pairing(self.manifest, self.bundle_dir, retrieval_bundle))
         self.inputs = {i["name"]: i for i in self.manifest["inputs"]}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = int(intra_op_threads), 1

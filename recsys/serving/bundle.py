@@ -1,0 +1,112 @@
+"""What every export bundle shares at serving time (numpy + stdlib only).
+
+A bundle folder holds ``manifest.json``, ``manifest.sha256`` (the sha256 of the
+manifest's bytes, ``sha256sum`` format) and the files the manifest lists with
+their sha256 and size. :func:`load_manifest` verifies all of it, so a modified
+or truncated model, a modified manifest, or a missing file is refused with a
+one-line :class:`BundleError`. (This is integrity checking, not signing: whoever
+can rewrite every file can rewrite the checksums too.)
+
+Versions a bundle can declare (top-level manifest keys):
+
+* ``feature_set_version`` (rankers): the features the model was trained on;
+* ``embedding_version`` (query encoders, retrieval indexes):
+  ``"<model class>/<first 16 hex of the run's weights sha256>"``; query vectors
+  and item vectors only make sense together when these are equal;
+* ``compatible_embedding_versions`` (rankers): the retrieval embeddings the
+  ranker was exported against (see :func:`check_pairing`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+MANIFEST_FORMAT = "recsys.export_bundle/1"
+MANIFEST_SHA_FILE = "manifest.sha256"
+
+
+class BundleError(ValueError):
+    """The bundle cannot be served: bad manifest, checksum mismatch, version conflict."""
+
+
+class RequestError(ValueError):
+    """A request does not match the bundle's declared inputs."""
+
+
+def sha256_path(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest_verified(bundle_dir: str | Path) -> dict[str, Any]:
+    """``manifest.json`` after checking it against ``manifest.sha256``."""
+    d = Path(bundle_dir)
+    path, sha_path = d / "manifest.json", d / MANIFEST_SHA_FILE
+    if not path.is_file():
+        raise BundleError(f"{d}: no manifest.json (not an export bundle)")
+    if not sha_path.is_file():
+        raise BundleError(f"{d}: no {MANIFEST_SHA_FILE} (bundle written by an older export or tampered with; re-export it)")
+    want = sha_path.read_text().split()[0] if sha_path.read_text().split() else ""
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != want:
+        raise BundleError(f"{path}: sha256 does not match {MANIFEST_SHA_FILE} (modified manifest)")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_manifest(bundle_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """The verified manifest of a bundle: its own checksum, its format, its
+    ``kind`` (when given; bundles without a kind are rankers), and every listed
+    file's size and sha256."""
+    d = Path(bundle_dir)
+    manifest = read_manifest_verified(d)
+    path = d / "manifest.json"
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise BundleError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    got = manifest.get("kind", "ranker")
+    if kind is not None and got != kind:
+        raise BundleError(f"{path}: a {got!r} bundle, expected a {kind!r} bundle")
+    for name, info in manifest.get("files", {}).items():
+        f = d / name
+        if not f.is_file():
+            raise BundleError(f"{f}: listed in the manifest but missing")
+        if f.stat().st_size != info["bytes"]:
+            raise BundleError(f"{f}: {f.stat().st_size} bytes, manifest says {info['bytes']} (truncated or modified)")
+        if sha256_path(f) != info["sha256"]:
+            raise BundleError(f"{f}: sha256 mismatch with the manifest (modified file)")
+    return manifest
+
+
+def declared_embedding_version(other: Any) -> tuple[str, str]:
+    """``(embedding_version, where)`` of a retrieval-side bundle given as a
+    folder, a manifest dict or an object with a ``manifest`` attribute."""
+    if isinstance(other, (str, Path)):
+        manifest, where = read_manifest_verified(other), str(other)
+    elif isinstance(other, Mapping):
+        manifest, where = dict(other), "the given manifest"
+    elif hasattr(other, "manifest"):
+        manifest, where = other.manifest, str(getattr(other, "bundle_dir", type(other).__name__))
+    else:
+        raise BundleError(f"retrieval_bundle: expected a bundle folder, a manifest or a runtime, got {type(other).__name__}")
+    version = manifest.get("embedding_version")
+    if not version:
+        raise BundleError(f"{where}: declares no embedding_version (cannot check it against the ranker)")
+    return str(version), where
+
+
+def check_pairing(ranker_manifest: Mapping[str, Any], ranker_dir: Any, retrieval: Any) -> str:
+    """Refuse a ranker + retrieval pairing unless the retrieval side's
+    ``embedding_version`` is one the ranker lists as compatible; returns it."""
+    version, where = declared_embedding_version(retrieval)
+    allowed = list(ranker_manifest.get("compatible_embedding_versions") or [])
+    if version not in allowed:
+        raise BundleError(f"{ranker_dir}: ranker is compatible with embedding versions {allowed or 'none declared'}, "
+                          f"but {where} declares embedding_version {version!r}")
+    return version

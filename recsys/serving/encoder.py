@@ -1,0 +1,120 @@
+"""Torch-free query-encoder runtime: ONNX Runtime + numpy over an export bundle.
+
+``QueryEncoderRuntime(bundle_dir)`` verifies the bundle (``manifest.sha256``,
+then the sha256 and size of ``query_encoder.onnx`` and ``item_embeddings.npy``),
+loads the item table (``.npy``, no pickle) and checks its shape against the
+manifest. Requests are item-id sequences, left-padded with 0, one row per user:
+
+* ``encode(items)`` -> query states ``(B, D)`` float32;
+* ``top_k(items, k, exclude_seen=True)`` -> ``(ids (B, k) int64, scores (B, k) float32)``
+  over the whole catalogue (``state @ table.T``); id 0 (padding) never appears and,
+  with ``exclude_seen``, neither do the ids in the request row; ties go to the smaller id.
+
+Validation raises :class:`RequestError` (a ``ValueError``): non-integer dtype,
+not 1-D / 2-D, empty, ids outside ``[0, n_items]``, a 0 after a real item (not
+left-padded). Rows longer than the model's ``max_len`` keep their last
+``max_len`` items (what the model was trained on).
+
+Example::
+
+    enc = QueryEncoderRuntime("export/sasrec_query")
+    ids, scores = enc.top_k(np.array([[0, 0, 12, 40, 7]]), k=10)  # (1, 10) each
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.serving.bundle import BundleError, RequestError, load_manifest
+
+
+class QueryEncoderRuntime:
+    """Args:
+        bundle_dir: a query-encoder bundle (``recsys export run=<train run>``).
+        intra_op_threads: ONNX Runtime intra-op threads (1 = lowest latency per request).
+        providers: execution providers; default CUDA when available, then CPU.
+    """
+
+    def __init__(self, bundle_dir: str | Path, intra_op_threads: int = 1, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = load_manifest(self.bundle_dir, kind="query_encoder")
+        spec = self.manifest["inputs"][0]
+        self.vocab_size, self.max_len = int(spec["vocab_size"]), spec.get("max_len")
+        emb = self.manifest["item_embeddings"]
+        try:
+            self.item_embeddings = np.load(self.bundle_dir / emb["file"], allow_pickle=False)
+        except ValueError as e:
+            raise BundleError(f"{self.bundle_dir / emb['file']}: not a plain .npy array ({e})") from None
+        if list(self.item_embeddings.shape) != list(emb["shape"]) or self.item_embeddings.dtype != np.float32:
+            raise BundleError(f"{self.bundle_dir / emb['file']}: {self.item_embeddings.dtype}{list(self.item_embeddings.shape)}, "
+                              f"manifest says {emb['dtype']}{emb['shape']}")
+        if self.vocab_size != len(self.item_embeddings):
+            raise BundleError(f"{self.bundle_dir}: input vocabulary {self.vocab_size} != {len(self.item_embeddings)} table rows")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = int(intra_op_threads), 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        available = ort.get_available_providers()
+        wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        model = self.bundle_dir / self.manifest["model"]["file"]
+        try:
+            self.session = ort.InferenceSession(str(model), opts, providers=wanted)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BundleError(f"{model}: onnxruntime cannot load it: {e}") from None
+        self.providers = self.session.get_providers()
+
+    @property
+    def embedding_version(self) -> str | None:
+        return self.manifest.get("embedding_version")
+
+    @property
+    def n_items(self) -> int:
+        return self.vocab_size - 1
+
+    def validate(self, items: Any) -> np.ndarray:
+        """``(B, T)`` int64 ready for ONNX Runtime (a 1-D input is one user), or :class:`RequestError`."""
+        a = np.asarray(items)
+        if a.ndim == 1:
+            a = a[None, :]
+        if a.ndim != 2:
+            raise RequestError(f"items: shape {a.shape}, expected (seq,) or (batch, seq)")
+        if a.dtype.kind not in "iu":
+            raise RequestError(f"items: dtype {a.dtype}, expected an integer dtype (int64 item ids)")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise RequestError(f"items: empty request, shape {a.shape}")
+        if a.min() < 0 or a.max() >= self.vocab_size:
+            bad = a[(a < 0) | (a >= self.vocab_size)][0]
+            raise RequestError(f"items: id {bad} out of range [0, {self.n_items}] (0 = padding)")
+        real = a > 0
+        gaps = np.flatnonzero(((np.cumsum(real, axis=1) > 0) & ~real).any(axis=1))
+        if len(gaps):
+            raise RequestError(f"items: row {int(gaps[0])} has padding (0) after an item; sequences must be left-padded")
+        if self.max_len and a.shape[1] > self.max_len:
+            a = a[:, -int(self.max_len):]
+        return np.ascontiguousarray(a, dtype=np.int64)
+
+    def encode(self, items: Any) -> np.ndarray:
+        """Query states ``(B, D)`` float32."""
+        return self.session.run(["state"], {"items": self.validate(items)})[0]
+
+    def scores(self, items: Any) -> np.ndarray:
+        """Scores of every catalogue id ``(B, n_items + 1)`` (column 0 is padding)."""
+        return self.encode(items) @ self.item_embeddings.T
+
+    def top_k(self, items: Any, k: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` item ids and their scores, each ``(B, k)``, best first."""
+        x = self.validate(items)
+        if not 1 <= int(k) <= self.n_items:
+            raise RequestError(f"k={k}: expected 1 <= k <= {self.n_items}")
+        s = self.session.run(["state"], {"items": x})[0] @ self.item_embeddings.T  # (B, n_items + 1)
+        s[:, 0] = -np.inf
+        if exclude_seen:
+            s[np.repeat(np.arange(len(x)), x.shape[1]), x.ravel()] = -np.inf  # pads hit column 0 again
+        k = int(k)
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(s, part, 1)
+        order = np.lexsort((part, -vals), axis=1)
+        return np.take_along_axis(part, order, 1).astype(np.int64), np.take_along_axis(vals, order, 1)
