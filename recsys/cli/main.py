@@ -20,6 +20,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("ope", "regret"): ("ope_regret", "recsys.cli.ope_cmd:regret"),
     ("ope",): ("ope", "recsys.cli.ope_cmd:ope"),
     ("data", "stats"): ("data_stats", "recsys.cli.data_cmd:stats"),
+    ("data", "erase"): ("data_erase", "recsys.cli.features_cmd:erase"),
+    ("features", "bench"): ("features_bench", "recsys.cli.features_cmd:bench"),
+    ("features", "drift"): ("features_drift", "recsys.cli.features_cmd:drift"),
+    ("features", "skew"): ("features_skew", "recsys.cli.features_cmd:skew"),
+    ("features", "build"): ("features_build", "recsys.cli.features_cmd:build"),
     ("data", "validate"): ("data_validate", "recsys.cli.data_cmd:validate"),
     ("evaluate",): ("evaluate", "recsys.cli.evaluate_cmd:evaluate"),
     ("train",): ("train", "recsys.cli.train_cmd:train"),
@@ -30,6 +35,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("rank", "train"): ("rank_train", "recsys.cli.rank_cmd:train"),
     ("export", "bench"): ("export_bench", "recsys.cli.export_cmd:bench"),  # before ("export",)
     ("export",): ("export", "recsys.cli.export_cmd:export"),
+    ("index", "build"): ("index_build", "recsys.cli.index_cmd:build"),
+    ("index", "query"): ("index_query", "recsys.cli.index_cmd:query"),
+    ("index", "tune"): ("index_tune", "recsys.cli.index_cmd:tune"),
+    ("index", "bench"): ("index_bench", "recsys.cli.index_cmd:bench"),
 }
 
 USAGE = """usage: recsys <command> [key=value ...] [-m] [--cfg job]
@@ -37,6 +46,11 @@ USAGE = """usage: recsys <command> [key=value ...] [-m] [--cfg job]
 commands:
   data stats     data=<preset>                         dataset statistics as JSON
   data validate  path=<file> format=<seqtxt|recbole|csv|parquet>
+  data erase     user_id=<id> events=<parquet> [features_dir=<dir> online_state=<dir>]  erase a user everywhere
+  features build [events=<parquet> items=<parquet> as_of=<t> ttl=90d]   behavioural features + online state
+  features bench [n_events=10000000]            batch / online throughput vs a pandas baseline
+  features drift reference=<parquet> current=<parquet>   PSI / KS / chi-square per feature, plots
+  features skew  logged=<parquet> events=<parquet> [entity=user params=<manifest.json>]
   evaluate       model=<popularity|random|markov|itemknn|ease|bpr|sasrec_fit> data=<preset> split=<loo|temporal>
   train          experiment=<sasrec_beauty|...> [net=... loss=... trainer=cpu|gpu|ddp|ddp_cpu]
   ope            policy=<markov|popularity|...|linucb|linear_ts|bernoulli_ts> [logs=<file>]  off-policy evaluation
@@ -48,8 +62,14 @@ commands:
   ab plan        baseline_rate=<p>|std=<sd> mde=<m> [relative=false arms=3]   sample size per arm
   ab simulate    [simulation.lifts.treatment=0.05 world=... checks=true]      synthetic experiment (+ checks)
   rank train     [ranker=dcn|dcn_parallel|mlp data.loader.n_requests=...]    CTR ranker, test AUC vs Bayes AUC
+  rank train     data=ml100k                  ratings ranker (rating >= 4 vs lower + sampled unrated)
   export         run=<rank train run dir> name=<bundle>       ONNX bundle + manifest + parity check
+  export         run=<train run dir (SASRec)> name=<bundle>   query_encoder.onnx + item table + top-10 parity
   export bench   bundle=<name|path>           single-thread latency p50/p99, ORT vs torch eager
+  index build    source=<run dir|items parquet> name=<bundle> [index=flat|ivf|ivfpq|hnsw]   FAISS bundle + recall@10
+  index query    bundle=<name|path> user=<id>|item=<id>|users_file=<parquet> [k=10 exclude_seen=true category=c nprobe=.. efSearch=..]
+  index tune     bundle=<name|path>           sweep nprobe/efSearch: recall@10 vs queries/s frontier
+  index bench    [bench.n_items=1000000]      approximate vs exact on 1M clustered items; summary.json
 
 Every argument after the command is a Hydra override (e.g. paths.data_root=/data,
 hydra.run.dir=runs/x, -m for sweeps). Configs: {configs}

@@ -238,3 +238,35 @@ def build_rating_features(data: Any, threshold: float = 4.0, negatives_per_event
                         RATINGS_FEATURE_SET_VERSION,
                         {"threshold": threshold, "negatives_per_event": k,
                          "positive_rate_rated": prior, "genres": genre_names})
+
+
+def add_behavioural_features(table: FeatureTable, world: Any, feature_set: Any = None,
+                             names: list[str] | None = None, params: dict[str, Any] | None = None,
+                             prefix: str = "bf_") -> FeatureTable:
+    """``table`` (from :func:`build_ranker_features`, rows in impression-log order)
+    plus behavioural features of each impression's user, item, user x item and
+    user x category as of the request time (events strictly before it; see
+    :func:`recsys.features.pointintime.build_training_set`).
+
+    ``feature_set``: a :class:`~recsys.features.definitions.FeatureSet` or its
+    config mapping (default: ``configs/features/default.yaml``'s knobs); ``names``:
+    which features (default: all). Each becomes a dense float32 column
+    ``prefix + name`` holding ``sign(x) * log1p(|x|)`` (counts and seconds span
+    orders of magnitude), NaN -> 0. The table's version gains the feature-set hash.
+    """
+    from recsys.features.pointintime import build_training_set
+
+    imp = world.impressions.select(["user_id", "item_id", "timestamp"])
+    rows, info = build_training_set(world.events, imp, feature_set, params=params, items=world.items)
+    skip = {"user_id", "item_id", "timestamp", "category"}
+    names = names or [c for c in rows.columns if c not in skip]
+    feats, dense = dict(table.features), list(table.dense)
+    for n in names:
+        v = rows.get_column(n).cast(float).to_numpy().astype(np.float64)
+        v = np.nan_to_num(np.sign(v) * np.log1p(np.abs(v)), nan=0.0, posinf=0.0, neginf=0.0)
+        feats[prefix + n] = v.astype(np.float32)
+        dense.append(prefix + n)
+    meta = {**table.meta, "behavioural": {"feature_set": info["feature_set"], "fit_time": info["fit_time"],
+                                          "names": names}}
+    return FeatureTable(feats, table.label, table.request_id, table.timestamp, dict(table.vocab_sizes), dense,
+                        f"{table.version}+{info['feature_set']}", meta)
