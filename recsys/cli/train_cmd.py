@@ -1,6 +1,10 @@
 """``recsys train``: data -> split -> datamodule -> net + loss -> Lightning fit
 (early stopping on a validation metric) -> best checkpoint -> exact val/test
-evaluation -> run directory (checkpoints/, model/, summary.json)."""
+evaluation -> run directory (checkpoints/, model/, summary.json).
+
+The config's ``pipeline`` key (set by experiment presets) chooses the fit
+function: ``sequence`` (default: SASRec, BERT4Rec, GRU4Rec) or ``two_tower``
+(which also writes ``embeddings/`` for the retrieval index)."""
 from __future__ import annotations
 
 import time
@@ -52,6 +56,27 @@ def fit_sequence_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> dic
     return out_info
 
 
+def fit_two_tower_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> dict[str, Any]:
+    """The two-tower pipeline (``pipeline: two_tower``): same run-directory contract,
+    plus ``model/features.json`` and ``embeddings/``."""
+    from recsys.training.two_tower_fit import fit_two_tower
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=logger, default_root_dir=str(out))
+    info = fit_two_tower(data, split, trainer, datamodule=instantiate(cfg.datamodule, _partial_=True),
+                         net=instantiate(cfg.net, _partial_=True), module=instantiate(cfg.module, _partial_=True),
+                         out=out, net_args=OmegaConf.to_container(cfg.net, resolve=True), ckpt_path=cfg.get("resume"))
+    info.pop("module"), info.pop("datamodule")
+    if "embeddings" in info:
+        info["artifacts"]["embeddings"] = info.pop("embeddings")["directory"]
+    return info
+
+
+#: ``pipeline:`` in the config (set by experiment presets) -> fit function
+PIPELINES = {"sequence": fit_sequence_model, "two_tower": fit_two_tower_model}
+
+
 def _beyond(top: Any, data: Any, split: Any) -> dict[str, float]:
     import numpy as np
 
@@ -71,7 +96,12 @@ def train(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     data, prep_s = load_data(cfg)
     split = instantiate(cfg.split).split(data)
-    info = fit_sequence_model(cfg, data, split, out)
+    pipeline = cfg.get("pipeline") or "sequence"
+    if pipeline not in PIPELINES:
+        from recsys.utils.errors import RecsysError
+
+        raise RecsysError(f"unknown pipeline {pipeline!r}; expected one of {sorted(PIPELINES)}")
+    info = PIPELINES[pipeline](cfg, data, split, out)
     results = info["metrics"]
     if info["rank"] != 0:
         return results

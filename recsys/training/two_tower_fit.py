@@ -1,0 +1,104 @@
+"""Fit a two-tower model on a split and evaluate it (no config reading: the CLI and
+the study script build the pieces and pass them in).
+
+Run-directory contract (rank 0): ``model/`` (``model_args.json`` +
+``weights.safetensors`` + ``features.json`` with the feature vocabularies, JSON)
+and ``embeddings/`` (see :mod:`recsys.training.two_tower_export`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+
+from recsys.data.prepare import PreparedData
+from recsys.data.splits import Split
+from recsys.evaluation.beyond import beyond_accuracy
+from recsys.models.two_tower import TwoTower
+from recsys.training.seq_data import left_pad
+from recsys.training.two_tower_data import TwoTowerDataModule
+from recsys.training.two_tower_module import TwoTowerModule
+from recsys.utils.io import write_json_atomic
+
+
+def fit_two_tower(data: PreparedData, split: Split, trainer: L.Trainer, datamodule: Callable[..., TwoTowerDataModule],
+                  net: Callable[..., TwoTower], module: Callable[..., TwoTowerModule], out: str | Path | None = None,
+                  net_args: dict[str, Any] | None = None, ckpt_path: str | None = None,
+                  category_column: str | None = "category") -> dict[str, Any]:
+    """Build (``datamodule(data=, split=)``, ``net(**data-derived args)``, ``module(net=)``),
+    fit, evaluate the best checkpoint (``trainer.checkpoint_callback``) on val and test.
+
+    Returns ``{"metrics", "model", "best_checkpoint", "rank", "timings", "module", "datamodule"}``
+    plus ``"artifacts"`` / ``"embeddings"`` on rank 0 when ``out`` is given.
+    """
+    dm = datamodule(data=data, split=split)
+    data_args = dm.net_args()
+    model = net(**data_args)
+    mod = module(net=model)
+    t0 = time.perf_counter()
+    trainer.fit(mod, datamodule=dm, ckpt_path=ckpt_path)
+    fit_s = time.perf_counter() - t0
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.validate(mod, datamodule=dm, ckpt_path=best or None, verbose=False)
+    trainer.test(mod, datamodule=dm, ckpt_path=best or None, verbose=False)
+    metrics = {**mod.results.get("val", {}), **mod.results.get("test", {})}
+    if "test" in mod.top_items:
+        users, items, _ = split.train_arrays()
+        counts = np.bincount(items, minlength=data.n_items + 1).astype(np.float64)
+        cats = data.item_codes(category_column) if category_column else None
+        extra = beyond_accuracy(mod.top_items["test"], data.n_items, counts, len(np.unique(users)), item_category=cats)
+        metrics.update({f"test/{k}": v for k, v in extra.items()})
+    epochs = trainer.current_epoch
+    info: dict[str, Any] = {
+        "metrics": metrics, "model": "TwoTower", "best_checkpoint": best, "rank": trainer.global_rank,
+        "timings": {"fit_s": fit_s, "epochs": epochs, "s_per_epoch": fit_s / max(epochs, 1)},
+        "module": mod, "datamodule": dm,
+    }
+    if out is not None and trainer.global_rank == 0:
+        from recsys.training.artifacts import save_model
+
+        out = Path(out)
+        args = {k: v for k, v in (net_args or {}).items() if k != "_target_"}
+        info["artifacts"] = save_model(mod.net, {**args, **data_args}, out / "model")
+        write_json_atomic(out / "model" / "features.json", dm.feature_metadata())
+        info["artifacts"]["features"] = str(out / "model" / "features.json")
+        info["embeddings"] = export_embeddings(mod, dm, data, split, out / "embeddings", run=str(out))
+    return info
+
+
+@torch.no_grad()
+def export_embeddings(mod: TwoTowerModule, dm: TwoTowerDataModule, data: PreparedData, split: Split,
+                      directory: Path, run: str) -> dict[str, Any]:
+    """Item vectors (items without training interactions: from features only) and
+    user vectors on each user's full training history."""
+    from recsys.training.two_tower_export import write_embeddings
+
+    mod.eval()
+    item_vecs = mod.all_item_vectors()
+    users = np.arange(1, data.n_users + 1)
+    hist = left_pad(dm.train_history.take(users), dm.max_history)
+    user_vecs = torch.cat([mod.user_vectors_for(users[s : s + 1024], hist[s : s + 1024], item_vecs)
+                           for s in range(0, len(users), 1024)])
+    tu, ti, _ = split.train_arrays()
+    uid = np.asarray(dm.users.raw_ids, dtype=object)
+    iid = np.asarray(dm.items.raw_ids, dtype=object)
+    return write_embeddings(
+        directory, item_ids=dm.items.raw_ids, item_vectors=item_vecs[1:].cpu().numpy(),
+        user_ids=dm.users.raw_ids, user_vectors=user_vecs.cpu().numpy(),
+        seen_user_ids=uid[tu - 1].tolist(), seen_item_ids=iid[ti - 1].tolist(),
+        metric="cos" if mod.net.normalize else "ip", data_fingerprint=data.fingerprint, run=run,
+        item_categories=item_categories(data), model="TwoTower")
+
+
+def item_categories(data: PreparedData) -> list[str | None] | None:
+    """A category string per item: the ``category`` column, else the first genre of a list column."""
+    items = data.items
+    for name in ("category", "class", "genre", "genres"):
+        if name in items.column_names:
+            vals = items.column(name).to_pylist()
+            return [(v[0] if v else None) if isinstance(v, list) else (None if v is None else str(v)) for v in vals]
+    return None
