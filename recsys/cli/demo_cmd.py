@@ -57,7 +57,17 @@ def _ranker_stage(cfg: DictConfig, data, split, out: Path, stage: str) -> dict:
     info: dict = {}
     print(f"{stage} ranker: DCN-v2 on the world's {world.impressions.num_rows} logged impressions -> ONNX -> runtime")
     L.seed_everything(cfg.seed, verbose=False)
-    dm = RankerDataModule(world=world, batch_size=1024, val_fraction=0.1, test_fraction=0.2, seed=cfg.seed)
+    from recsys.features.ranker import add_behavioural_features, build_ranker_features
+
+    t_feat = time.perf_counter()
+    table = build_ranker_features(world)
+    n_base = len(table.dense)
+    table = add_behavioural_features(table, world)  # clickstream features as of each request (point in time)
+    info["behavioural_features"] = {"n": len(table.dense) - n_base, "version": table.version,
+                                    "build_s": time.perf_counter() - t_feat}
+    print(f"      features: {len(table.dense) - n_base} behavioural features joined as of each request's time "
+          f"({info['behavioural_features']['build_s']:.1f}s, version {table.version})")
+    dm = RankerDataModule(table=table, batch_size=1024, val_fraction=0.1, test_fraction=0.2, seed=cfg.seed)
     args = {"embedding_dim": 8, "n_cross": 2, "deep": [64, 32], "structure": "stacked"}
     net = DCNv2(dm.table.vocab_sizes, dm.table.dense, **args)
     module = RankerModule(net, input_names=net.input_names, optimizer=lambda params: torch.optim.Adam(params, lr=3e-3))

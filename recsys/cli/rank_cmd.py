@@ -124,7 +124,14 @@ def train(cfg: DictConfig) -> dict:
     world = load_world(data.extras_dir, data.extras)
     dm_args = OmegaConf.to_container(cfg.datamodule, resolve=True)
     if world is not None:
-        dm = RankerDataModule(world=world, seed=cfg.seed, **dm_args)
+        from recsys.features.ranker import add_behavioural_features, build_ranker_features
+
+        table = build_ranker_features(world)
+        if cfg.get("behavioural_features"):  # point-in-time clickstream features of recsys.features
+            bf = cfg.behavioural_features
+            table = add_behavioural_features(table, world, feature_set=OmegaConf.to_container(bf, resolve=True)
+                                             if not isinstance(bf, bool) else None)
+        dm = RankerDataModule(table=table, seed=cfg.seed, **dm_args)
     else:
         from recsys.features.ranker import build_rating_features
 
