@@ -289,6 +289,39 @@ def test_bad_inputs_give_clear_errors(hnsw_bundle, tmp_path):
             IndexBundle(c)
 
 
+def test_modified_manifest_refused_and_version_pairing(hnsw_bundle, run_dir, tmp_path):
+    """The manifest carries its own checksum; a run with a model declares the
+    embedding version a ranker bundle must list as compatible."""
+    import json
+    import shutil
+
+    from recsys.serving.bundle import BundleError, check_pairing
+
+    out, _ = hnsw_bundle
+    c = tmp_path / "edited"
+    shutil.copytree(out, c)
+    m = json.loads((c / "manifest.json").read_text())
+    m["recall@10"] = 1.0
+    (c / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="sha256 does not match manifest.sha256"):
+        IndexBundle(c)
+    (c / "manifest.sha256").unlink()
+    with pytest.raises(DataError, match="no manifest.sha256"):
+        IndexBundle(c)
+    # a run directory with a model: the index declares "<class>/<weights sha[:16]>"
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "model").mkdir()
+    (run / "model" / "model_args.json").write_text(json.dumps(
+        {"model_args": {"_target_": "recsys.models.sequential.SASRec"}, "weights_sha256": "ab" * 32}))
+    b = build_bundle(run, tmp_path / "versioned", SPECS["flat"])
+    assert b["embedding_version"] == "SASRec/" + "ab" * 8
+    ranker = {"compatible_embedding_versions": ["SASRec/" + "ab" * 8]}
+    assert check_pairing(ranker, "ranker", tmp_path / "versioned") == "SASRec/" + "ab" * 8
+    with pytest.raises(BundleError, match=r"compatible with embedding versions \['SASRec/0+'\].*declares embedding_version"):
+        check_pairing({"compatible_embedding_versions": ["SASRec/" + "0" * 16]}, "ranker", tmp_path / "versioned")
+
+
 def test_wrong_dimension_users_rejected(tmp_path):
     with pytest.raises(DataError, match="user embeddings have dimension 3, items have 2"):
         write_embedding_dir(tmp_path, {"item_id": ["a"], "embedding": np.ones((1, 2))},

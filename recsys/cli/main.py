@@ -7,6 +7,7 @@ torch or Lightning.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Callable
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE.format(configs=config_dir()), file=sys.stderr)
         sys.exit(2)
     config_name, target = COMMANDS[words]
+    # faiss logs each missing SIMD build (avx512, avx2) at INFO under Hydra's root logger
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     rest = argv[len(words):] if tuple(argv[: len(words)]) == words else argv
     import hydra
 

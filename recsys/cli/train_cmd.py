@@ -53,6 +53,11 @@ def fit_sequence_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> dic
 
         net_args.pop("_target_", None)
         out_info["artifacts"] = save_model(module.net, {**net_args, "n_items": data.n_items}, out / "model")
+        if hasattr(module.net, "next_item_state"):  # item table + user states for `recsys index build source=<run>`
+            from recsys.training.seq_embeddings import write_sequence_embeddings
+
+            emb = write_sequence_embeddings(module.net, data, split, out / "embeddings", run=str(out))
+            out_info["artifacts"]["embeddings"] = emb["directory"]
     return out_info
 
 

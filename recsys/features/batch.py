@@ -403,6 +403,68 @@ def _accumulate(ev: _Events, entity: str, accs: list[Accumulator], as_of: float
     return out, keys, gid
 
 
+#: entities aggregated by a polars group-by (multithreaded, releases the GIL) on a
+#: worker thread while the numpy passes of the other entities run: the (user, item)
+#: pass is the largest (millions of groups; a hash factorisation either way)
+POLARS_ENTITIES: tuple[str, ...] = ()  # measured: ("user_item",) cost more CPU, no overlap under load
+#: below this many events everything stays on the numpy path (tests cover both via it)
+POLARS_MIN_ROWS = 0
+
+
+def _polars_expr(a: Accumulator, as_of: float) -> pl.Expr:
+    """One accumulator as a polars aggregation over the columns ``code`` (event type
+    code), ``t``, ``v`` (value, NaN where null) - the same weights, decay factors
+    and window rows as :func:`_accumulate`, from the same :data:`SOURCES`."""
+    s = SOURCES[a.source]
+    code, t, v = pl.col("code"), pl.col("t"), pl.col("v")
+    types = [_TYPE_CODES[e] for e in s.event_types]
+    is_type = code >= 0 if len(types) == len(BEHAVIOURAL) else (  # a column, not a scalar literal
+        code == types[0] if len(types) == 1 else code.is_in(types))
+    if a.mode == "max":
+        x = t if s.weight == "time" else v
+        m = is_type if s.weight == "time" else is_type & ~v.is_nan()
+        x = x if s.weight == "time" and len(types) == len(BEHAVIOURAL) else x.filter(m)
+        return x.max().fill_null(float("nan")).cast(pl.Float64).alias(a.name)
+    if s.weight == "one":
+        w = is_type
+    else:
+        m = is_type & ~v.is_nan()
+        w = {"value": v, "value_sq": v * v, "value_n": pl.lit(1.0)}[s.weight]
+        w = pl.when(m).then(w).otherwise(0.0) if s.weight != "value_n" else m
+    if a.mode == "window":
+        first_bucket = float(np.floor(as_of / a.bucket) - (a.n_buckets - 1))
+        w = w & ((t / a.bucket).floor() >= first_bucket) if s.weight in ("one", "value_n") else (
+            pl.when((t / a.bucket).floor() >= first_bucket).then(w).otherwise(0.0))
+    if a.mode == "decay":
+        factor = pl.col(f"decay:{a.half_life:g}")  # a column of the frame (numpy, as _chunk_factor)
+        w = w.cast(pl.Float64) * factor if s.weight in ("one", "value_n") else w * factor
+    return w.sum().cast(pl.Float64).alias(a.name)
+
+
+def _accumulate_polars(ev: _Events, entity: str, accs: list[Accumulator], as_of: float
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], None]:
+    """:func:`_accumulate` as one polars group-by on the packed int64 entity key
+    (multithreaded, GIL released). Groups come sorted by key codes."""
+    cols = ENTITIES[entity]
+    plain = [a for a in accs if not SOURCES[a.source].session]
+    if len(cols) == 1:
+        key, nb = ev.ids[cols[0]].astype(np.int64), 1
+    else:
+        nb = max(len(ev.dicts[cols[1]]), 1)
+        key = ev.ids[cols[0]].astype(np.int64)
+        key *= nb
+        key += ev.ids[cols[1]]
+    data = {"k": key, "code": ev.code, "t": ev.t, "v": ev.value}
+    for h in sorted({a.half_life for a in plain if a.mode == "decay"}):
+        data[f"decay:{h:g}"] = ev.cached(("decay", h), lambda h=h: _chunk_factor(ev.t, ("decay", h), as_of)[1])
+    df = pl.DataFrame(data, nan_to_null=False)
+    res = (df.lazy().group_by("k").agg([_polars_expr(a, as_of) for a in plain])
+           .sort("k").collect())  # deterministic: by (key codes), cheaper than maintain_order
+    packed = res["k"].to_numpy()
+    keys = {cols[0]: packed} if len(cols) == 1 else {cols[0]: packed // nb, cols[1]: packed % nb}
+    return {a.name: res[a.name].to_numpy() for a in plain}, keys, None
+
+
 def _chunk_subset(cache: dict, g: np.ndarray, code: np.ndarray, t: np.ndarray, value: np.ndarray, s: Any,
                   rows: np.ndarray | None, var: tuple = ("total",)) -> tuple[np.ndarray, Any, np.ndarray]:
     """(group id, rows, value or time) of a chunk's events a value/time source ranges
@@ -456,12 +518,24 @@ def snapshot_accumulators(events: Any, fs: FeatureSet, as_of: float, label: str 
                           entities: list[str] | None = None) -> dict[str, pl.DataFrame]:
     """Accumulator values of every entity key seen before ``as_of`` (key columns
     with the raw ids, one float64 column per accumulator)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     entities = entities or fs.entities
     ev = encode_events(events, as_of, label)
     frames = {}
+    # polars passes on a worker thread (GIL released inside collect) overlap the numpy
+    # passes of the other entities on this thread
+    with ThreadPoolExecutor(1) as pool:
+        futures = {e: pool.submit(_accumulate_polars, ev, e, fs.entity_accumulators(e), as_of)
+                   for e in entities if e in POLARS_ENTITIES and ev.n >= POLARS_MIN_ROWS}
+        results = {e: (futures[e] if e in futures else None) for e in entities}
+        for entity in entities:
+            if results[entity] is None:
+                results[entity] = _accumulate(ev, entity, fs.entity_accumulators(entity), as_of)
+        results = {e: r.result() if e in futures else r for e, r in results.items()}
     for entity in entities:
         accs = fs.entity_accumulators(entity)
-        vals, keys, _ = _accumulate(ev, entity, accs, as_of)
+        vals, keys, _ = results[entity]
         sess = [a for a in accs if SOURCES[a.source].session]
         if sess:
             vals.update(_session_counts(ev, keys["user_id"], sess))
@@ -663,10 +737,15 @@ def write_features(frames: Mapping[str, pl.DataFrame], out_dir: str | Path) -> d
     """One Parquet per entity, each written atomically."""
     from recsys.utils.io import atomic_path
 
-    paths = {}
-    for entity, df in frames.items():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(entity: str, df: pl.DataFrame) -> str:
         path = Path(out_dir) / f"{entity}.parquet"
         with atomic_path(path) as tmp:
             df.write_parquet(tmp, compression="lz4", statistics=False)
-        paths[entity] = str(path)
-    return paths
+        return str(path)
+
+    # the files are independent and polars writes without the GIL: both cores
+    with ThreadPoolExecutor(min(len(frames), 2) or 1) as pool:
+        futures = {entity: pool.submit(write, entity, df) for entity, df in frames.items()}
+        return {entity: f.result() for entity, f in futures.items()}

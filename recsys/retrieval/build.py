@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -173,6 +174,19 @@ def held_out_queries(item_vectors: np.ndarray, user_vectors: np.ndarray | None, 
     return q, source
 
 
+def embedding_version_of(source: str | Path) -> str | None:
+    """``"<model class>/<first 16 hex of the weights sha256>"`` when ``source`` is a
+    run directory with ``model/model_args.json`` (what a ranker bundle lists as
+    compatible), else None."""
+    args = Path(source) / "model" / "model_args.json"
+    if not args.is_file():
+        return None
+    meta = json.loads(args.read_text())
+    target = str(meta.get("model_args", {}).get("_target_", ""))
+    sha = str(meta.get("weights_sha256", ""))
+    return f"{target.rpartition('.')[2]}/{sha[:16]}" if target and sha else None
+
+
 def build_bundle(source: str | Path, out_dir: str | Path, spec: IndexSpec, *, metric: str | None = None,
                  backend: str = "auto", recall_queries: int = 1000, k: int = 10, seed: int = 0,
                  include_users: bool = True) -> dict[str, Any]:
@@ -214,6 +228,8 @@ def build_bundle(source: str | Path, out_dir: str | Path, spec: IndexSpec, *, me
         "model": meta.get("model"),
         "model_run": str(Path(source).resolve()) if Path(source).is_dir() else None,
         "data_fingerprint": meta.get("data_fingerprint"),
+        # same rule as query-encoder bundles: "<model class>/<weights sha256[:16]>" of the run's model
+        "embedding_version": embedding_version_of(source),
         "build_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_s": round(info["build_s"], 3),
         "build_backend": info["build_backend"],

@@ -37,6 +37,7 @@ from recsys.utils.errors import DataError
 from recsys.utils.io import atomic_dir, sha256_file
 
 BUNDLE_FORMAT = "recsys.index_bundle/1"
+MANIFEST_SHA_FILE = "manifest.sha256"
 INDEX_FILE = "index.faiss"
 SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor_rf")
 METRIC_TYPES = {"ip": faiss.METRIC_INNER_PRODUCT, "cos": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
@@ -140,6 +141,8 @@ def write_bundle(out_dir: str | Path, index: faiss.Index, item_ids: np.ndarray, 
         files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
         full = {"format": BUNDLE_FORMAT, **manifest, "n_items": n, "dim": int(index.d), "files": files}
         (tmp / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
+        # the manifest's own checksum (sha256sum format), as export bundles carry it
+        (tmp / MANIFEST_SHA_FILE).write_text(f"{sha256_file(tmp / 'manifest.json')}  manifest.json\n")
     return out
 
 
@@ -154,6 +157,12 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> dict[str, Any]
         raise DataError(d, "no such index bundle directory")
     if not path.is_file():
         raise DataError(d, "no manifest.json (not an index bundle)")
+    sha_path = d / MANIFEST_SHA_FILE
+    if not sha_path.is_file():
+        raise DataError(d, f"no {MANIFEST_SHA_FILE} (bundle from an older build or tampered with; rebuild it)")
+    want = (sha_path.read_text().split() or [""])[0]
+    if sha256_file(path) != want:
+        raise DataError(path, f"sha256 does not match {MANIFEST_SHA_FILE} (modified manifest)")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:

@@ -82,7 +82,10 @@ class SequentialRecModule(L.LightningModule):
         opt = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        kwargs = {}
+        if getattr(self.scheduler_factory, "keywords", {}).get("total_steps") == "auto":
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)  # max_epochs x batches per epoch
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt, **kwargs), "interval": "step"}}
 
     # ---- exact evaluation --------------------------------------------------
     @torch.no_grad()
@@ -148,9 +151,15 @@ class SequentialRecModule(L.LightningModule):
         self._eval_end("test")
 
 
-def linear_warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int = 0,
+def linear_warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int | str = 0,
                          min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to ``min_ratio`` (constant if ``total_steps`` is 0)."""
+    """Linear warm-up then cosine decay to ``min_ratio`` (constant if ``total_steps`` is 0).
+
+    ``total_steps: auto`` in a config is replaced by the trainer's
+    ``estimated_stepping_batches`` (``max_epochs`` x batches per epoch) when the
+    module builds its optimizer."""
+    if not isinstance(total_steps, int):
+        raise ValueError(f"total_steps must be an int (or 'auto' in a module config), got {total_steps!r}")
     import math
 
     def factor(step: int) -> float:
