@@ -23,10 +23,9 @@ def _bundle_dir(cfg: DictConfig, name: str) -> Path:
     return p if p.is_dir() and (p / "manifest.json").is_file() else Path(cfg.paths.export_dir) / name
 
 
-def run_histories(run_dir: Path) -> tuple[Any, str, str | None]:
-    """The test-split user histories of the data a `recsys train` run was
-    trained on (rebuilt from the resolved config in its summary.json), a
-    description of them, and the data fingerprint."""
+def run_split(run_dir: Path) -> tuple[Any, Any, Any]:
+    """``(run config, data, split)`` of a `recsys train` run, rebuilt from the
+    resolved config in its summary.json."""
     from hydra.utils import instantiate
 
     from recsys.cli.common import load_data
@@ -39,6 +38,13 @@ def run_histories(run_dir: Path) -> tuple[Any, str, str | None]:
         raise RecsysError(f"{summary_path}: its config has no data/split (not a `recsys train` run?)")
     data, _ = load_data(run_cfg)
     split = instantiate(run_cfg.split).split(data)
+    return run_cfg, data, split
+
+
+def run_histories(run_dir: Path) -> tuple[Any, str, str | None]:
+    """The test-split user histories of the data a `recsys train` run was
+    trained on, a description of them, and the data fingerprint."""
+    _, data, split = run_split(run_dir)
     return split.test.history, f"test-split histories of data={data.name} ({split.info.get('split')})", data.fingerprint
 
 
@@ -64,15 +70,23 @@ def export(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     kind = bundle_kind(run_dir / "model")
     if kind == "query_encoder":
-        from recsys.export.onnx_encoder import export_query_encoder
+        from recsys.export.onnx_encoder import ENCODERS, export_query_encoder, model_class
+        from recsys.export.onnx_ranker import rebuild_net
 
-        histories, source, fingerprint = run_histories(run_dir)
+        adapter = ENCODERS[model_class(run_dir / "model")]
+        extra: dict[str, Any] = {}
+        if adapter.parity_data is None:  # single-input (sequence) encoders
+            histories, source, fingerprint = run_histories(run_dir)
+        else:  # multi-input encoders: histories + the users' side inputs + the adapter's context
+            d = adapter.parity_data(run_dir, *run_split(run_dir), rebuild_net(run_dir / "model")[0])
+            histories, source, fingerprint = d.histories, d.source, d.fingerprint
+            extra = {"side": d.side, "context": d.context, "population": d.population}
         enc = cfg.encoder
         manifest = export_query_encoder(run_dir, out, histories, name=str(cfg.name), opset=int(cfg.opset),
                                         tolerance=float(enc.tolerance), min_users=int(enc.min_users),
                                         lengths=list(enc.lengths), k=int(enc.k),
                                         min_topk_agreement=float(enc.min_topk_agreement),
-                                        data_fingerprint=fingerprint, history_source=source)
+                                        data_fingerprint=fingerprint, history_source=source, **extra)
         p = manifest["parity"]
         for row in p["by_length"]:
             print(f"  length {row['length']:>3}: max |torch - onnx| = {row['max_abs_diff']:.3g}, "
@@ -104,13 +118,9 @@ def export(cfg: DictConfig) -> dict:
 
 def _bench_encoder(cfg: DictConfig, bundle: Path, manifest: dict) -> dict:
     from recsys.export.bench import bench_encoder
-    from recsys.export.onnx_encoder import ENCODERS
-    from recsys.export.onnx_ranker import rebuild_net
+    from recsys.export.onnx_encoder import torch_module_for_bundle
 
-    module = None
-    if cfg.torch:
-        net = rebuild_net(Path(manifest["model"]["run_dir"]) / "model")[0]
-        module = ENCODERS[manifest["model"]["class"]].wrap(net).eval()
+    module = torch_module_for_bundle(manifest, bundle) if cfg.torch else None
     res = bench_encoder(bundle, module, batch_sizes=list(cfg.encoder_batch_sizes), seq_len=cfg.get("seq_len"),
                         n_requests=int(cfg.encoder_calls), seed=int(cfg.seed))
     res.update(bundle=str(bundle), kind="query_encoder", parity_max_abs_diff=manifest["parity"]["max_abs_diff"])

@@ -122,7 +122,10 @@ def bench_encoder(bundle_dir: str | Path, module: Any = None, batch_sizes: Seque
     ``max_len``, the worst case; ids drawn uniformly from the catalogue), the
     same with the full-catalogue top-``k`` in numpy added, and, with the torch
     ``module`` (``items -> state``), torch eager on the same inputs (one thread)
-    and the ratio torch p50 / ORT p50 (> 1: ORT faster; < 1: torch faster)."""
+    and the ratio torch p50 / ORT p50 (> 1: ORT faster; < 1: torch faster).
+    Multi-input encoders (the two-tower user tower): each side input of the
+    manifest gets ids drawn uniformly from ``[0, vocab_size)`` per user, and the
+    torch ``module`` is called as ``module(items, *side)``."""
     import json
 
     import torch
@@ -132,28 +135,33 @@ def bench_encoder(bundle_dir: str | Path, module: Any = None, batch_sizes: Seque
 
     bundle_dir = Path(bundle_dir)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    spec = manifest["inputs"][0]
+    spec, side_specs = manifest["inputs"][0], manifest["inputs"][1:]
     seq_len = int(seq_len or spec.get("max_len") or 50)
     table = np.load(bundle_dir / manifest["item_embeddings"]["file"], allow_pickle=False)
     session = onnx_session(bundle_dir / manifest["model"]["file"], threads=1)
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"seq_len": seq_len, "n_items": int(len(table) - 1), "by_batch": {}}
+    out: dict[str, Any] = {"seq_len": seq_len, "n_items": int(len(table) - 1), "by_batch": {},
+                           "side_inputs": [s["name"] for s in side_specs]}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for b in batch_sizes:
             n = max(20, min(n_requests, n_requests * 8 // max(b, 8)))  # fewer calls for big batches
-            reqs = [rng.integers(1, len(table), (b, seq_len)) for _ in range(n)]
-            ort_ms = time_calls(lambda x: onnx_states(session, x, batch_size=b), reqs, warmup=5)
-            topk_ms = time_calls(lambda x: top_k_excluding(onnx_states(session, x, batch_size=b) @ table.T, x, k),
-                                 reqs, warmup=5)
+            reqs = [(rng.integers(1, len(table), (b, seq_len)),
+                     {s["name"]: rng.integers(0, int(s["vocab_size"]), b) for s in side_specs}) for _ in range(n)]
+
+            def ort_fn(r: tuple) -> np.ndarray:
+                return onnx_states(session, r[0], batch_size=b, **({"side": r[1]} if r[1] else {}))
+
+            ort_ms = time_calls(ort_fn, reqs, warmup=5)
+            topk_ms = time_calls(lambda r: top_k_excluding(ort_fn(r) @ table.T, r[0], k), reqs, warmup=5)
             row: dict[str, Any] = {"calls": n, "onnx_p50_ms": float(np.median(ort_ms)),
                                    "onnx_p99_ms": float(np.percentile(ort_ms, 99)),
                                    "onnx_plus_topk_p50_ms": float(np.median(topk_ms))}
             if module is not None:
-                def torch_fn(x: np.ndarray) -> Any:
+                def torch_fn(r: tuple) -> Any:
                     with torch.inference_mode():
-                        return module(torch.from_numpy(x))
+                        return module(torch.from_numpy(r[0]), *(torch.from_numpy(v) for v in r[1].values()))
 
                 t_ms = time_calls(torch_fn, reqs, warmup=5)
                 row["torch_p50_ms"], row["torch_p99_ms"] = float(np.median(t_ms)), float(np.percentile(t_ms, 99))

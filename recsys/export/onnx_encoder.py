@@ -26,9 +26,16 @@ at each of several lengths (the last L items of each history, left-padded):
 Everything is written into a temporary folder renamed into place only if every
 check passes; otherwise :class:`ExportError` and nothing is left behind.
 
-Adding an encoder (e.g. the two-tower user tower) is one :func:`register_encoder`
-call with a :class:`QueryEncoderAdapter`: how to wrap the net as
-``module(items) -> (B, D)``, its item table and its longest input.
+Adding an encoder is one :func:`register_encoder` call with a
+:class:`QueryEncoderAdapter`. A single-input encoder (SASRec) says how to wrap the
+net as ``module(items) -> (B, D)``, its item table and its longest input. A
+multi-input encoder (the two-tower user tower, :mod:`recsys.export.two_tower_encoder`)
+gives ``bind(net, context) -> BoundEncoder`` (a ``module(items, *side) -> (B, D)``,
+the item table, the per-user :class:`SideInput` specs) and ``parity_data(run_dir,
+run_cfg, data, split, net)`` -> :class:`EncoderData` (histories + aligned side inputs of
+real users + the ``context`` for ``bind``). Export, parity, manifest, runtime and
+bench treat ``items`` and the side inputs alike: named ONNX inputs with the batch
+dim shared, every side input ``(batch,)`` int64 in ``[0, vocab_size)``.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -58,6 +65,47 @@ MIN_TOPK_AGREEMENT = 0.999
 
 
 @dataclass(frozen=True)
+class SideInput:
+    """A per-user ONNX input besides ``items``: ``(batch,)`` int64 in ``[0, vocab_size)``
+    (0 = unknown / missing). ``spec`` holds extra manifest fields (kind, hash rule, vocabulary)."""
+
+    name: str
+    vocab_size: int
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": "int64", "shape": ["batch"], "vocab_size": int(self.vocab_size),
+                **self.spec}
+
+
+@dataclass(frozen=True)
+class BoundEncoder:
+    """What is exported: ``module(items, *side)`` (side inputs in ``side_inputs``
+    order) -> ``(B, D)``, the ``(n_items + 1, D)`` item table, the longest input."""
+
+    module: nn.Module
+    table: torch.Tensor
+    max_len: int | None
+    side_inputs: tuple[SideInput, ...] = ()
+    scoring: str = "dot"
+
+
+@dataclass(frozen=True)
+class EncoderData:
+    """Real users for the parity check: ``histories`` (CSR of item ids, time order),
+    ``side`` ``{input name: (n_rows,) int64}`` aligned with them, the ``context``
+    ``bind`` needs (e.g. item feature tensors), and ``population`` (all users of the
+    data: the parity needs ``min(min_users, population)`` users)."""
+
+    histories: CSR
+    side: dict[str, np.ndarray] = field(default_factory=dict)
+    context: Any = None
+    population: int | None = None
+    source: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
 class QueryEncoderAdapter:
     """How to export one model class as a query encoder.
 
@@ -65,12 +113,24 @@ class QueryEncoderAdapter:
     left-padded item ids to the query state (B, D); ``item_table(net)``: the
     (n_items + 1, D) table the state is scored against; ``max_len(net)``: the
     longest input the model accepts (None: unbounded).
+
+    Multi-input encoders set ``bind(net, context) -> BoundEncoder`` (then ``wrap`` /
+    ``item_table`` are not used by the export) and ``parity_data(run_dir, run_cfg,
+    data, split, net) -> EncoderData``. ``context`` is ``EncoderData.context`` at export
+    and ``{"item_table": <the bundle's table>}`` when the bench rebuilds the torch side.
     """
 
     wrap: Callable[[nn.Module], nn.Module]
     item_table: Callable[[nn.Module], torch.Tensor]
     max_len: Callable[[nn.Module], int | None]
     description: str
+    bind: Callable[[nn.Module, Any], BoundEncoder] | None = None
+    parity_data: Callable[[Path, Any, Any, Any, nn.Module], EncoderData] | None = None
+
+    def bound(self, net: nn.Module, context: Any = None) -> BoundEncoder:
+        if self.bind is not None:
+            return self.bind(net, context)
+        return BoundEncoder(self.wrap(net), self.item_table(net), self.max_len(net))
 
 
 class _NextItemState(nn.Module):
@@ -136,8 +196,9 @@ def left_pad(rows: CSR, length: int) -> np.ndarray:
 
 
 def export_encoder_onnx(module: nn.Module, example: np.ndarray, path: str | Path, max_len: int | None,
-                        opset: int = OPSET) -> None:
-    """One ONNX file: input ``items`` (batch, seq) int64, output ``state`` (batch, D)."""
+                        opset: int = OPSET, side_example: dict[str, np.ndarray] | None = None) -> None:
+    """One ONNX file: input ``items`` (batch, seq) int64 (+ the ``side_example``
+    inputs, (batch,) int64 each, in that order), output ``state`` (batch, D)."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     seq = torch.export.Dim("seq", min=1, max=int(max_len) if max_len else 1 << 16)
     for noisy in ("onnx_ir", "onnxscript"):  # INFO lines per initializer / rewrite rule
@@ -145,21 +206,38 @@ def export_encoder_onnx(module: nn.Module, example: np.ndarray, path: str | Path
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" lines
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter (treespec, ...)
-        torch.onnx.export(module.eval(), (torch.from_numpy(np.ascontiguousarray(example)),), str(path),
-                          dynamo=True, external_data=False, input_names=["items"], output_names=["state"],
-                          opset_version=opset, dynamic_shapes={"items": {0: batch, 1: seq}}, verbose=False)
+        if not side_example:
+            torch.onnx.export(module.eval(), (torch.from_numpy(np.ascontiguousarray(example)),), str(path),
+                              dynamo=True, external_data=False, input_names=["items"], output_names=["state"],
+                              opset_version=opset, dynamic_shapes={"items": {0: batch, 1: seq}}, verbose=False)
+            return
+        args = (torch.from_numpy(np.ascontiguousarray(example)),
+                *(torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for v in side_example.values()))
+        shapes = ({0: batch, 1: seq}, tuple({0: batch} for _ in side_example))  # forward(items, *side)
+        torch.onnx.export(module.eval(), args, str(path), dynamo=True, external_data=False,
+                          input_names=["items", *side_example], output_names=["state"], opset_version=opset,
+                          dynamic_shapes=shapes, verbose=False)
 
 
-def torch_states(module: nn.Module, items: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def _chunk(side: dict[str, np.ndarray] | None, s: int, e: int) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v[s:e], dtype=np.int64) for k, v in (side or {}).items()}
+
+
+def torch_states(module: nn.Module, items: np.ndarray, batch_size: int = 256,
+                 side: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """``module(items, *side values)`` in chunks of ``batch_size`` rows."""
     outs = []
     with torch.inference_mode():
         for s in range(0, len(items), batch_size):
-            outs.append(module(torch.from_numpy(np.ascontiguousarray(items[s:s + batch_size]))).numpy())
+            extra = [torch.from_numpy(v) for v in _chunk(side, s, s + batch_size).values()]
+            outs.append(module(torch.from_numpy(np.ascontiguousarray(items[s:s + batch_size])), *extra).numpy())
     return np.concatenate(outs)
 
 
-def onnx_states(session: Any, items: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([session.run(["state"], {"items": np.ascontiguousarray(items[s:s + batch_size])})[0]
+def onnx_states(session: Any, items: np.ndarray, batch_size: int = 256,
+                side: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    return np.concatenate([session.run(["state"], {"items": np.ascontiguousarray(items[s:s + batch_size]),
+                                                   **_chunk(side, s, s + batch_size)})[0]
                            for s in range(0, len(items), batch_size)])
 
 
@@ -179,15 +257,18 @@ def top_k_excluding(scores: np.ndarray, items: np.ndarray, k: int, exclude_seen:
 
 
 def parity_at_length(module: nn.Module, session: Any, table_t: torch.Tensor, histories: CSR, length: int,
-                     k: int, batch_size: int = 256) -> dict[str, Any]:
-    """State and top-k parity of torch vs ORT on every history cut to its last ``length`` items."""
+                     k: int, batch_size: int = 256, side: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """State and top-k parity of torch vs ORT on every history cut to its last ``length``
+    items (with each user's ``side`` inputs, when the encoder has any)."""
     items = left_pad(histories, length)
-    a = torch_states(module, items, batch_size)
-    b = onnx_states(session, items, batch_size)
+    kw = {"side": side} if side else {}
+    a = torch_states(module, items, batch_size, **kw)
+    b = onnx_states(session, items, batch_size, **kw)
     d = np.abs(a.astype(np.float64) - b)
     diff = float(d.max()) if np.all(np.isfinite(d)) else float("inf")
     n1 = min(64, len(items))  # batch 1 on the first users
-    b1 = np.concatenate([session.run(["state"], {"items": items[i:i + 1]})[0] for i in range(n1)])
+    b1 = np.concatenate([session.run(["state"], {"items": items[i:i + 1], **_chunk(side, i, i + 1)})[0]
+                         for i in range(n1)])
     d1 = np.abs(a[:n1].astype(np.float64) - b1)
     diff1 = float(d1.max()) if np.all(np.isfinite(d1)) else float("inf")
     table = table_t.detach().numpy()
@@ -213,11 +294,16 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
                          opset: int = OPSET, tolerance: float = PARITY_TOLERANCE, min_users: int = 1000,
                          lengths: Sequence[int] = PARITY_LENGTHS, k: int = 10,
                          min_topk_agreement: float = MIN_TOPK_AGREEMENT,
-                         data_fingerprint: str | None = None, history_source: str | None = None) -> dict[str, Any]:
+                         data_fingerprint: str | None = None, history_source: str | None = None,
+                         side: dict[str, np.ndarray] | None = None, context: Any = None,
+                         population: int | None = None) -> dict[str, Any]:
     """Export ``<run_dir>/model`` as a query-encoder bundle at ``out_dir`` (atomically).
 
     ``histories``: real user histories (CSR of item ids, time order), e.g. the
-    test split's. Users with no items are dropped; at least ``min_users`` must remain.
+    test split's. Users with no items are dropped; at least ``min_users`` must remain
+    (``min(min_users, population)`` when the data has only ``population`` users).
+    Multi-input encoders: ``side`` ``{input: (n_rows,) int64}`` aligned with
+    ``histories`` and the ``context`` their adapter's ``bind`` needs.
     Parity lengths above the model's ``max_len`` are clipped to it. Returns the manifest.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -227,13 +313,28 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
         raise ExportError(f"{model_dir}: model class {cls!r} has no query-encoder export (registered: {sorted(ENCODERS)})")
     adapter = ENCODERS[cls]
     net, model_args = rebuild_net(model_dir)
-    module = adapter.wrap(net).eval()
-    table_t = adapter.item_table(net).detach().float().contiguous()
+    bound = adapter.bound(net, context)
+    module = bound.module.eval()
+    table_t = bound.table.detach().float().contiguous()
     n_rows_table, dim = table_t.shape
-    max_len = adapter.max_len(net)
-    histories = histories.take(np.flatnonzero(histories.lengths() > 0))
-    if histories.n_rows < min_users:
-        raise ExportError(f"{run_dir}: need >= {min_users} user histories with items for the parity check, "
+    max_len = bound.max_len
+    specs = list(bound.side_inputs)
+    side = dict(side or {})
+    if sorted(side) != sorted(s.name for s in specs):
+        raise ExportError(f"{run_dir}: the encoder takes side inputs {[s.name for s in specs]}, "
+                          f"the parity data gives {sorted(side)}")
+    side = {s.name: np.asarray(side[s.name], dtype=np.int64) for s in specs}  # input order
+    for s in specs:
+        v = side[s.name]
+        if v.shape != (histories.n_rows,) or (v.size and (v.min() < 0 or v.max() >= s.vocab_size)):
+            raise ExportError(f"parity side input {s.name!r}: shape {v.shape} / values outside [0, {s.vocab_size}) "
+                              f"(expected ({histories.n_rows},) ids)")
+    keep = np.flatnonzero(histories.lengths() > 0)
+    histories = histories.take(keep)
+    side = {k_: v[keep] for k_, v in side.items()}
+    need = min(min_users, population) if population else min_users
+    if histories.n_rows < need:
+        raise ExportError(f"{run_dir}: need >= {need} user histories with items for the parity check, "
                           f"got {histories.n_rows}")
     if histories.indices.size and (histories.indices.min() < 1 or histories.indices.max() >= n_rows_table):
         raise ExportError(f"histories hold item ids outside [1, {n_rows_table - 1}] of the model's catalogue "
@@ -241,23 +342,26 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
     eval_lengths = sorted({min(int(n), max_len) if max_len else int(n) for n in lengths})
     ex_len = _example_length(eval_lengths, max_len)
     example = left_pad(histories.take(np.arange(2)), ex_len)
+    side_example = {k_: v[:2] for k_, v in side.items()}
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     import onnx
 
     with atomic_dir(out_dir) as tmp:
         t0 = time.perf_counter()
-        export_encoder_onnx(module, example, tmp / MODEL_FILE, max_len, opset)
+        export_encoder_onnx(module, example, tmp / MODEL_FILE, max_len, opset, side_example)
         export_s = time.perf_counter() - t0
         table = table_t.numpy().astype(np.float32)
         np.save(tmp / TABLE_FILE, table, allow_pickle=False)
         session = onnx_session(tmp / MODEL_FILE)
-        by_len = [parity_at_length(module, session, table_t, histories, n, k) for n in eval_lengths]
+        kw = {"side": side} if side else {}
+        by_len = [parity_at_length(module, session, table_t, histories, n, k, **kw) for n in eval_lengths]
         worst = max(p["max_abs_diff"] for p in by_len)
         agree = min(p["topk_agreement"] for p in by_len)
         parity = {"users": histories.n_rows, "lengths": eval_lengths, "example_length": ex_len, "k": k,
                   "max_abs_diff": worst, "min_topk_agreement": agree, "by_length": by_len,
                   "tolerance": tolerance, "required_topk_agreement": min_topk_agreement,
-                  "history_source": history_source}
+                  "history_source": history_source, "min_users": need, "population": population,
+                  "side_inputs": [s.name for s in specs]}
         if not (worst <= tolerance and agree >= min_topk_agreement):
             raise ExportError(f"parity check failed for {run_dir}: max |torch - onnx| state = {worst:.3g} "
                               f"(tolerance {tolerance:g}), top-{k} identical for {agree:.4%} of users "
@@ -273,12 +377,14 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
                       "run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(model_dir / "weights.safetensors")},
             "embedding_version": embedding_version(model_dir),
             "inputs": [{"name": "items", "dtype": "int64", "shape": ["batch", "seq"], "kind": "item_sequence",
-                        "vocab_size": int(n_rows_table), "pad_id": 0, "padding": "left", "max_len": max_len}],
+                        "vocab_size": int(n_rows_table), "pad_id": 0, "padding": "left", "max_len": max_len},
+                       *(s.manifest() for s in specs)],
             "outputs": [{"name": "state", "dtype": "float32", "shape": ["batch", int(dim)],
                          "meaning": "query state; item scores = state @ item_embeddings.T"}],
-            "dynamic_axes": {"items": {"0": "batch", "1": "seq"}, "state": {"0": "batch"}},
+            "dynamic_axes": {"items": {"0": "batch", "1": "seq"}, **{s.name: {"0": "batch"} for s in specs},
+                             "state": {"0": "batch"}},
             "item_embeddings": {"file": TABLE_FILE, "dtype": "float32", "shape": [int(n_rows_table), int(dim)],
-                                "row_0": "padding (never recommended)", "scoring": "dot"},
+                                "row_0": "padding (never recommended)", "scoring": bound.scoring},
             "n_items": int(n_rows_table - 1),
             "opset": opsets.get("ai.onnx", opset), "opset_imports": opsets,
             "versions": {**versions(), "onnx": onnx.__version__}, "git_commit": git_commit(),
@@ -289,3 +395,20 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
         write_manifest(tmp, manifest)
         finalize_bundle_permissions(tmp)
     return manifest
+
+
+def torch_module_for_bundle(manifest: dict[str, Any], bundle_dir: str | Path) -> nn.Module:
+    """The eval-mode torch encoder of a bundle's run (``forward(items, *side inputs)``);
+    multi-input encoders are bound to the bundle's own item table."""
+    cls = manifest["model"]["class"]
+    if cls not in ENCODERS:
+        raise ExportError(f"{bundle_dir}: model class {cls!r} has no query-encoder export")
+    adapter = ENCODERS[cls]
+    net = rebuild_net(Path(manifest["model"]["run_dir"]) / "model")[0]
+    if adapter.bind is None:
+        return adapter.wrap(net).eval()
+    table = np.load(Path(bundle_dir) / manifest["item_embeddings"]["file"], allow_pickle=False)
+    return adapter.bind(net, {"item_table": table}).module.eval()
+
+
+from recsys.export import two_tower_encoder  # noqa: E402,F401  (registers the two-tower user tower)

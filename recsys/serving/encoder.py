@@ -15,15 +15,26 @@ not 1-D / 2-D, empty, ids outside ``[0, n_items]``, a 0 after a real item (not
 left-padded). Rows longer than the model's ``max_len`` keep their last
 ``max_len`` items (what the model was trained on).
 
+Multi-input encoders (the two-tower user tower) declare more inputs in the
+manifest after ``items``, each ``(batch,)`` int64 in ``[0, vocab_size)`` (e.g.
+``user_id``, the hashed user id, and ``user_<feature>`` codes). They are passed
+by name: ``encode(items, user_id=..., user_region=...)`` or
+``encode({"items": ..., "user_id": ..., ...})``; a missing or unknown input, a
+non-integer dtype (NaN named as such), a shape other than ``(batch,)`` (a scalar
+is accepted for a 1-D ``items``) or a value out of range is a one-line
+:class:`RequestError`.
+
 Example::
 
     enc = QueryEncoderRuntime("export/sasrec_query")
     ids, scores = enc.top_k(np.array([[0, 0, 12, 40, 7]]), k=10)  # (1, 10) each
+    tt = QueryEncoderRuntime("export/two_tower_query")
+    ids, scores = tt.top_k(history, k=10, user_id=buckets, user_region=codes)
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -44,6 +55,11 @@ class QueryEncoderRuntime:
         self.manifest = load_manifest(self.bundle_dir, kind="query_encoder")
         spec = self.manifest["inputs"][0]
         self.vocab_size, self.max_len = int(spec["vocab_size"]), spec.get("max_len")
+        self.side_inputs: list[dict[str, Any]] = [dict(i) for i in self.manifest["inputs"][1:]]
+        for i in self.side_inputs:
+            if i.get("dtype") != "int64" or list(i.get("shape") or []) != ["batch"] or int(i.get("vocab_size", 0)) < 1:
+                raise BundleError(f"{self.bundle_dir}: input {i.get('name')!r} is {i.get('dtype')}{i.get('shape')}, "
+                                  f"the runtime serves (batch,) int64 side inputs with a vocab_size")
         emb = self.manifest["item_embeddings"]
         try:
             self.item_embeddings = np.load(self.bundle_dir / emb["file"], allow_pickle=False)
@@ -65,6 +81,15 @@ class QueryEncoderRuntime:
         except Exception as e:  # onnxruntime raises its own exception types
             raise BundleError(f"{model}: onnxruntime cannot load it: {e}") from None
         self.providers = self.session.get_providers()
+        want_names = ["items", *(i["name"] for i in self.side_inputs)]
+        got_names = [i.name for i in self.session.get_inputs()]
+        if sorted(got_names) != sorted(want_names):
+            raise BundleError(f"{model}: ONNX inputs {got_names}, manifest declares {want_names}")
+
+    @property
+    def input_names(self) -> list[str]:
+        """``items`` first, then the side inputs (the manifest's order)."""
+        return ["items", *(i["name"] for i in self.side_inputs)]
 
     @property
     def embedding_version(self) -> str | None:
@@ -96,20 +121,62 @@ class QueryEncoderRuntime:
             a = a[:, -int(self.max_len):]
         return np.ascontiguousarray(a, dtype=np.int64)
 
-    def encode(self, items: Any) -> np.ndarray:
-        """Query states ``(B, D)`` float32."""
-        return self.session.run(["state"], {"items": self.validate(items)})[0]
+    def validate_side(self, side: Mapping[str, Any], batch: int, single: bool) -> dict[str, np.ndarray]:
+        """The side inputs as ``{name: (batch,) int64}``, or :class:`RequestError`."""
+        names = [i["name"] for i in self.side_inputs]
+        extra = sorted(set(side) - set(names))
+        if extra:
+            raise RequestError(f"unknown input {extra[0]!r}: this encoder takes {self.input_names}")
+        missing = [n for n in names if n not in side]
+        if missing:
+            raise RequestError(f"missing input {missing[0]!r}: this encoder takes {self.input_names}")
+        out = {}
+        for spec in self.side_inputs:
+            name, n = spec["name"], int(spec["vocab_size"])
+            a = np.asarray(side[name])
+            if a.dtype.kind == "f" and np.isnan(a).any():
+                raise RequestError(f"{name}: contains NaN, expected int64 ids in [0, {n - 1}]")
+            if a.dtype.kind not in "iu":
+                raise RequestError(f"{name}: dtype {a.dtype}, expected an integer dtype (int64 ids)")
+            if a.ndim == 0 and single:
+                a = a[None]
+            if a.shape != (batch,):
+                raise RequestError(f"{name}: shape {a.shape}, expected ({batch},) (one value per row of items)")
+            if a.min() < 0 or a.max() >= n:
+                bad = a[(a < 0) | (a >= n)][0]
+                raise RequestError(f"{name}: value {bad} out of range [0, {n - 1}] (0 = unknown)")
+            out[name] = np.ascontiguousarray(a, dtype=np.int64)
+        return out
 
-    def scores(self, items: Any) -> np.ndarray:
-        """Scores of every catalogue id ``(B, n_items + 1)`` (column 0 is padding)."""
-        return self.encode(items) @ self.item_embeddings.T
-
-    def top_k(self, items: Any, k: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``k`` item ids and their scores, each ``(B, k)``, best first."""
+    def feeds(self, items: Any, side: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Validated ONNX Runtime inputs; ``items`` may also be a mapping holding every input."""
+        side = dict(side or {})
+        if isinstance(items, Mapping):
+            if side:
+                raise RequestError("pass the inputs either as one mapping or as items + keyword inputs, not both")
+            side = dict(items)
+            if "items" not in side:
+                raise RequestError(f"missing input 'items': this encoder takes {self.input_names}")
+            items = side.pop("items")
+        single = np.ndim(items) == 1
         x = self.validate(items)
+        return {"items": x, **self.validate_side(side, len(x), single)}
+
+    def encode(self, items: Any, **side: Any) -> np.ndarray:
+        """Query states ``(B, D)`` float32."""
+        return self.session.run(["state"], self.feeds(items, side))[0]
+
+    def scores(self, items: Any, **side: Any) -> np.ndarray:
+        """Scores of every catalogue id ``(B, n_items + 1)`` (column 0 is padding)."""
+        return self.encode(items, **side) @ self.item_embeddings.T
+
+    def top_k(self, items: Any, k: int = 10, exclude_seen: bool = True, **side: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` item ids and their scores, each ``(B, k)``, best first."""
+        feeds = self.feeds(items, side)
+        x = feeds["items"]
         if not 1 <= int(k) <= self.n_items:
             raise RequestError(f"k={k}: expected 1 <= k <= {self.n_items}")
-        s = self.session.run(["state"], {"items": x})[0] @ self.item_embeddings.T  # (B, n_items + 1)
+        s = self.session.run(["state"], feeds)[0] @ self.item_embeddings.T  # (B, n_items + 1)
         s[:, 0] = -np.inf
         if exclude_seen:
             s[np.repeat(np.arange(len(x)), x.shape[1]), x.ravel()] = -np.inf  # pads hit column 0 again
