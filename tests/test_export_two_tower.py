@@ -170,3 +170,18 @@ def test_bench_with_side_inputs(bundle, module):
     assert res["side_inputs"] == SIDE and res["seq_len"] == MAX_HIST
     for row in res["by_batch"].values():
         assert row["torch_over_onnx_p50"] > 0 and row["faster"] in ("onnxruntime", "torch")
+
+
+def test_attention_pooling_user_tower_exports_with_a_symbolic_batch(tmp_path):
+    """Attention pooling once specialised the batch dim under torch.export (len()
+    of a tensor): the bundle must take any batch and pass parity."""
+    r = run("train", *TRAIN, "net.pooling=attention", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run("export", f"run={tmp_path / 'run'}", "name=att", f"hydra.run.dir={tmp_path / 'job'}",
+            env={"RECSYS_EXPORT_DIR": str(tmp_path / "export"), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rt = QueryEncoderRuntime(tmp_path / "export" / "att")
+    for n in (1, 3, 257):
+        items, side = _request(rt, n, 7, seed=n)
+        assert rt.encode(items, **side).shape == (n, 32)

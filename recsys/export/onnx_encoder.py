@@ -354,7 +354,14 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
         np.save(tmp / TABLE_FILE, table, allow_pickle=False)
         session = onnx_session(tmp / MODEL_FILE)
         kw = {"side": side} if side else {}
-        by_len = [parity_at_length(module, session, table_t, histories, n, k, **kw) for n in eval_lengths]
+        try:
+            by_len = [parity_at_length(module, session, table_t, histories, n, k, **kw) for n in eval_lengths]
+        except Exception as e:  # e.g. ORT refusing a shape the exporter specialised: the export is unusable
+            if isinstance(e, ExportError):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"parity check could not run the exported {MODEL_FILE} of {run_dir} "
+                              f"({type(e).__name__}: {first})") from None
         worst = max(p["max_abs_diff"] for p in by_len)
         agree = min(p["topk_agreement"] for p in by_len)
         parity = {"users": histories.n_rows, "lengths": eval_lengths, "example_length": ex_len, "k": k,

@@ -101,7 +101,7 @@ class UserTower(nn.Module):
         L = history.shape[1]
         pos = self.pos(torch.arange(L - 1, -1, -1, device=history.device).clamp(max=self.max_history - 1))
         keys = self.key(hist_vecs + pos)  # B, L, D
-        q = self.query.expand(len(history), -1)
+        q = self.query.expand(history.shape[0], -1)  # shape[0], not len(): keeps the batch dim symbolic under torch.export
         if self.query_ctx is not None and ctx is not None:
             q = q + self.query_ctx(ctx)
         att = (keys * q[:, None, :]).sum(-1) / keys.shape[-1] ** 0.5
