@@ -147,11 +147,10 @@ def test_tampered_bundle_is_refused(bundle, tmp_path):
 
 
 def test_failed_parity_leaves_nothing(tt_run, tmp_path, monkeypatch):
-    from recsys.cli.export_cmd import run_split
-    from recsys.export.onnx_ranker import rebuild_net
+    from recsys.cli.export_cmd import encoder_parity_data
 
     adapter = onnx_encoder.ENCODERS["recsys.models.two_tower.TwoTower"]
-    d = adapter.parity_data(tt_run, *run_split(tt_run), rebuild_net(tt_run / "model")[0])
+    d = encoder_parity_data(tt_run, adapter)
     with pytest.raises(ExportError, match="side inputs"):
         export_query_encoder(tt_run, tmp_path / "e" / "x", d.histories, side={}, context=d.context)
     real = onnx_encoder.onnx_states

@@ -60,6 +60,19 @@ def _compatible_versions(cfg: DictConfig) -> list[str]:
     return out
 
 
+def encoder_parity_data(run_dir: Path, adapter: Any) -> Any:
+    """Real users' inputs for a multi-input encoder's parity check. The run's
+    datamodule (its feature encoders) is rebuilt from the run's config here, in the
+    CLI layer: ``recsys.export`` itself never imports hydra or lightning."""
+    from hydra.utils import instantiate
+
+    from recsys.export.onnx_ranker import rebuild_net
+
+    run_cfg, data, split = run_split(run_dir)
+    dm = instantiate(run_cfg.datamodule, _partial_=True)(data=data, split=split)
+    return adapter.parity_data(run_dir, dm, data, split, rebuild_net(run_dir / "model")[0])
+
+
 def export(cfg: DictConfig) -> dict:
     from recsys.export.onnx_encoder import bundle_kind
 
@@ -78,7 +91,7 @@ def export(cfg: DictConfig) -> dict:
         if adapter.parity_data is None:  # single-input (sequence) encoders
             histories, source, fingerprint = run_histories(run_dir)
         else:  # multi-input encoders: histories + the users' side inputs + the adapter's context
-            d = adapter.parity_data(run_dir, *run_split(run_dir), rebuild_net(run_dir / "model")[0])
+            d = encoder_parity_data(run_dir, adapter)
             histories, source, fingerprint = d.histories, d.source, d.fingerprint
             extra = {"side": d.side, "context": d.context, "population": d.population}
         enc = cfg.encoder

@@ -32,7 +32,7 @@ net as ``module(items) -> (B, D)``, its item table and its longest input. A
 multi-input encoder (the two-tower user tower, :mod:`recsys.export.two_tower_encoder`)
 gives ``bind(net, context) -> BoundEncoder`` (a ``module(items, *side) -> (B, D)``,
 the item table, the per-user :class:`SideInput` specs) and ``parity_data(run_dir,
-run_cfg, data, split, net)`` -> :class:`EncoderData` (histories + aligned side inputs of
+datamodule, data, split, net)`` -> :class:`EncoderData` (histories + aligned side inputs of
 real users + the ``context`` for ``bind``). Export, parity, manifest, runtime and
 bench treat ``items`` and the side inputs alike: named ONNX inputs with the batch
 dim shared, every side input ``(batch,)`` int64 in ``[0, vocab_size)``.
@@ -115,7 +115,7 @@ class QueryEncoderAdapter:
     longest input the model accepts (None: unbounded).
 
     Multi-input encoders set ``bind(net, context) -> BoundEncoder`` (then ``wrap`` /
-    ``item_table`` are not used by the export) and ``parity_data(run_dir, run_cfg,
+    ``item_table`` are not used by the export) and ``parity_data(run_dir, datamodule,
     data, split, net) -> EncoderData``. ``context`` is ``EncoderData.context`` at export
     and ``{"item_table": <the bundle's table>}`` when the bench rebuilds the torch side.
     """

@@ -96,13 +96,11 @@ def bind(net: nn.Module, context: Any) -> BoundEncoder:
                         scoring="cosine (unit vectors; dot = cosine)" if net.normalize else "dot")
 
 
-def parity_data(run_dir: Path, run_cfg: Any, data: Any, split: Any, net: nn.Module) -> EncoderData:
+def parity_data(run_dir: Path, dm: Any, data: Any, split: Any, net: nn.Module) -> EncoderData:
     """The run's test-split users: their training histories, hashed user ids and
-    categorical user features, encoded exactly as in training (the datamodule is
-    rebuilt from the run's config; its vocabularies must equal ``model/features.json``)."""
-    from hydra.utils import instantiate
-
-    dm = instantiate(run_cfg.datamodule, _partial_=True)(data=data, split=split)
+    categorical user features, encoded exactly as in training (``dm``: the run's
+    datamodule rebuilt from its config by the caller; its vocabularies must equal
+    ``model/features.json``)."""
     saved_path = Path(run_dir) / "model" / "features.json"
     if saved_path.is_file():
         saved = json.loads(saved_path.read_text())
