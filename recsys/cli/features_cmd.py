@@ -102,18 +102,9 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _read_parquet(path: str):
-    import polars as pl
+    from recsys.features.store import read_parquet_frame
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(p, "no such file")
-    try:
-        df = pl.read_parquet(p)
-    except Exception as e:
-        raise DataError(p, f"not a readable Parquet file ({type(e).__name__})") from None
-    if df.height == 0:
-        raise DataError(p, "empty file (0 rows)")
-    return df
+    return read_parquet_frame(path)
 
 
 def drift(cfg: DictConfig) -> dict[str, Any]:

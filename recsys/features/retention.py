@@ -8,6 +8,7 @@ from typing import Any
 import polars as pl
 
 from recsys.features.definitions import seconds
+from recsys.features.store import read_parquet_frame
 from recsys.utils.errors import DataError
 from recsys.utils.io import atomic_path
 
@@ -24,12 +25,7 @@ def erase_user_events(path: str | Path, user_id: str, id_columns: tuple[str, ...
     """Rewrite the Parquet event store at ``path`` without any row whose user
     columns name ``user_id`` (atomic replace). Returns counts."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "no such file")
-    try:
-        df = pl.read_parquet(path)
-    except Exception as e:
-        raise DataError(path, f"not a readable Parquet file ({type(e).__name__})") from None
+    df = read_parquet_frame(path, allow_empty=True)
     cols = [c for c in id_columns if c in df.columns]
     if not cols:
         raise DataError(path, "no user id column", column="user_id")

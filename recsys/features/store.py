@@ -150,3 +150,20 @@ def read_tables(directory: str | Path) -> tuple[dict[str, pa.Table], dict[str, A
         except Exception as e:
             raise DataError(p, f"unreadable state file ({type(e).__name__})") from None
     return tables, meta
+
+
+def read_parquet_frame(path: str | Path, allow_empty: bool = False) -> Any:
+    """A Parquet file as a polars DataFrame, or a one-line :class:`DataError`
+    naming the file (missing, unreadable, or empty unless ``allow_empty``)."""
+    import polars as pl
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, "no such file")
+    try:
+        df = pl.read_parquet(p)
+    except Exception as e:  # polars raises its own exception types
+        raise DataError(p, f"not a readable Parquet file ({type(e).__name__})") from None
+    if df.height == 0 and not allow_empty:
+        raise DataError(p, "empty file (0 rows)")
+    return df

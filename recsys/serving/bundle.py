@@ -1,4 +1,4 @@
-"""What every export bundle shares at serving time (numpy + stdlib only).
+"""What every export bundle shares at serving time (numpy + stdlib; onnxruntime when a session is opened).
 
 A bundle folder holds ``manifest.json``, ``manifest.sha256`` (the sha256 of the
 manifest's bytes, ``sha256sum`` format) and the files the manifest lists with
@@ -110,3 +110,21 @@ def check_pairing(ranker_manifest: Mapping[str, Any], ranker_dir: Any, retrieval
         raise BundleError(f"{ranker_dir}: ranker is compatible with embedding versions {allowed or 'none declared'}, "
                           f"but {where} declares embedding_version {version!r}")
     return version
+
+
+def open_session(bundle_dir: Path, manifest: Mapping[str, Any], intra_op_threads: int = 1,
+                 providers: Any = None) -> Any:
+    """An ONNX Runtime session on the bundle's model file: ``intra_op_threads``
+    threads, sequential execution, the CUDA provider when available else the CPU."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = int(intra_op_threads), 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    available = ort.get_available_providers()
+    wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    model = Path(bundle_dir) / manifest["model"]["file"]
+    try:
+        return ort.InferenceSession(str(model), opts, providers=wanted)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise BundleError(f"{model}: onnxruntime cannot load it: {e}") from None

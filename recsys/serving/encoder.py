@@ -38,7 +38,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from recsys.serving.bundle import BundleError, RequestError, load_manifest
+from recsys.serving.bundle import BundleError, RequestError, load_manifest, open_session
 
 
 class QueryEncoderRuntime:
@@ -49,8 +49,6 @@ class QueryEncoderRuntime:
     """
 
     def __init__(self, bundle_dir: str | Path, intra_op_threads: int = 1, providers: list[str] | None = None):
-        import onnxruntime as ort
-
         self.bundle_dir = Path(bundle_dir)
         self.manifest = load_manifest(self.bundle_dir, kind="query_encoder")
         spec = self.manifest["inputs"][0]
@@ -70,21 +68,12 @@ class QueryEncoderRuntime:
                               f"manifest says {emb['dtype']}{emb['shape']}")
         if self.vocab_size != len(self.item_embeddings):
             raise BundleError(f"{self.bundle_dir}: input vocabulary {self.vocab_size} != {len(self.item_embeddings)} table rows")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = int(intra_op_threads), 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        available = ort.get_available_providers()
-        wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        model = self.bundle_dir / self.manifest["model"]["file"]
-        try:
-            self.session = ort.InferenceSession(str(model), opts, providers=wanted)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise BundleError(f"{model}: onnxruntime cannot load it: {e}") from None
+        self.session = open_session(self.bundle_dir, self.manifest, intra_op_threads, providers)
         self.providers = self.session.get_providers()
         want_names = ["items", *(i["name"] for i in self.side_inputs)]
         got_names = [i.name for i in self.session.get_inputs()]
         if sorted(got_names) != sorted(want_names):
-            raise BundleError(f"{model}: ONNX inputs {got_names}, manifest declares {want_names}")
+            raise BundleError(f"{self.bundle_dir / self.manifest['model']['file']}: ONNX inputs {got_names}, manifest declares {want_names}")
 
     @property
     def input_names(self) -> list[str]:

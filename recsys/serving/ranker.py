@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from recsys.serving.bundle import (MANIFEST_FORMAT, BundleError, RequestError, check_pairing,  # noqa: F401
-                                   load_manifest)
+                                   load_manifest, open_session)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -47,8 +47,6 @@ class RankerRuntime:
 
     def __init__(self, bundle_dir: str | Path, feature_set_version: str | None = None,
                  intra_op_threads: int = 1, providers: list[str] | None = None, retrieval_bundle: Any = None):
-        import onnxruntime as ort
-
         self.bundle_dir = Path(bundle_dir)
         self.manifest = load_manifest(self.bundle_dir, kind="ranker")
         declared = self.manifest.get("feature_set_version")
@@ -58,16 +56,7 @@ class RankerRuntime:
         self.embedding_version = (None if retrieval_bundle is None
                                   else check_pairing(self.manifest, self.bundle_dir, retrieval_bundle))
         self.inputs = {i["name"]: i for i in self.manifest["inputs"]}
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = int(intra_op_threads), 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        available = ort.get_available_providers()
-        wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        model = self.bundle_dir / self.manifest["model"]["file"]
-        try:
-            self.session = ort.InferenceSession(str(model), opts, providers=wanted)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise BundleError(f"{model}: onnxruntime cannot load it: {e}") from None
+        self.session = open_session(self.bundle_dir, self.manifest, intra_op_threads, providers)
         self.providers = self.session.get_providers()
 
     @property
