@@ -148,28 +148,3 @@ def test_per_event_ingest_reads_its_own_writes():
     assert not live.ingest("u0", "i0", 1.0, "login")
     with pytest.raises(Exception, match="NaN"):
         live.ingest("u0", "i0", float("nan"), "view")
-
-
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), frac=st.floats(0.0, 1.1))
-def test_polars_and_numpy_accumulators_agree(seed, n, frac):
-    """Every entity's accumulators agree between the numpy pass (``np.add.at`` over
-    chunks) and the polars group-by the snapshot runs on a worker thread."""
-    rng = np.random.default_rng(seed)
-    ev = random_events(rng, n)
-    as_of = float(ev["timestamp"].min() + frac * (ev["timestamp"].max() - ev["timestamp"].min())) + 1e-3
-    fs = build_feature_set(CFG)
-    enc = batch.encode_events(batch.scan_events(ev).collect(), as_of)
-    if enc.n == 0:
-        return
-    for entity in fs.entities:
-        accs = fs.entity_accumulators(entity)
-        a_vals, a_keys, _ = batch._accumulate(enc, entity, accs, as_of)
-        b_vals, b_keys, _ = batch._accumulate_polars(enc, entity, accs, as_of)
-        cols = ENTITIES[entity]
-        ka = np.stack([a_keys[c] for c in cols], axis=1).tolist()
-        kb = {tuple(k): j for j, k in enumerate(np.stack([b_keys[c] for c in cols], axis=1).tolist())}
-        assert len(ka) == len(kb), entity
-        order = np.array([kb[tuple(k)] for k in ka], dtype=np.int64)
-        for name, v in a_vals.items():
-            _assert_close(b_vals[name][order], v, f"{entity}.{name} polars vs numpy")

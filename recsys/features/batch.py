@@ -4,8 +4,9 @@ Two entry points share :mod:`recsys.features.definitions`:
 
 * :func:`snapshot` - every entity's features as of one time ``T``: the id
   columns are dictionary-encoded once (Parquet dictionary pages reused) and every
-  accumulator is a ``bincount`` / ``maximum.at`` over integer group ids, the path
-  ``recsys features build`` and the bench use;
+  accumulator comes from one sort of the events by (user, item, type)
+  (:mod:`recsys.features.sorted_pass`), on worker threads around numpy calls that
+  release the GIL - the path ``recsys features build`` and the bench use;
 * :func:`asof_features` - features of arbitrary (entity key, time) query rows,
   each seeing only events strictly before its own time: cumulative sums per key,
   a segmented scan for decayed sums, and strict backward as-of joins (the path
@@ -16,9 +17,12 @@ Events need ``user_id``, ``item_id``, ``timestamp``, ``event_type``; ``value``
 """
 from __future__ import annotations
 
-import math
+import contextlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import polars as pl
@@ -26,6 +30,7 @@ import polars as pl
 from recsys.features.definitions import (
     BEHAVIOURAL,
     ENTITIES,
+    PARAM_TRANSFORMS,
     SOURCES,
     Accumulator,
     FeatureSet,
@@ -34,7 +39,6 @@ from recsys.features.definitions import (
 )
 from recsys.utils.errors import DataError
 
-LN2 = math.log(2.0)
 REQUIRED = {"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Float64, "event_type": pl.String}
 OPTIONAL = {"value": pl.Float64, "session_id": pl.String, "category": pl.String}
 UNKNOWN_CATEGORY = "unknown"
@@ -166,82 +170,99 @@ SESSION_TIME = {"start": "first_t", "cart": "cart_t", "converted": "converted_t"
 # ---------------------------------------------------------------- snapshot (integer-coded, numpy)
 #
 # The snapshot dictionary-encodes the id columns once (user, item, category,
-# session -> dense int codes; a Parquet file's own dictionary pages are reused, so
-# no id string is hashed per row) and aggregates on those integer codes with
-# ``np.bincount`` / ``np.maximum.at``: users and items index dense arrays directly,
-# (user, category) and (user, item) are packed into one int64 and compacted (dense
-# remap, or one hash factorisation when the packed range is too wide), sessions map
-# to their user through a dense array. Count-like sources share one pass per
-# (entity, mode) by summing per (key, event type); windows only touch the events
-# inside them. Raw ids come back only on the output rows.
+# session -> dense int codes; a Parquet file's own dictionary pages are reused -
+# each distinct page is hashed once, not each row) and computes every accumulator
+# of every entity from one sort of the events by a packed (user, item, type, row)
+# key (:mod:`recsys.features.sorted_pass`); sessions map to their user through a
+# dense array. Raw ids come back only on the output rows.
 
 _ID_COLS = ("user_id", "item_id", "category", "session_id")
 _TYPE_CODES = {t: i for i, t in enumerate(BEHAVIOURAL)}
 
 
 class _Events:
-    """Behavioural events before ``as_of`` as numpy columns with integer ids."""
+    """Every event as numpy columns with integer ids; ``code`` is the behavioural
+    event type (0..3), -1 for events that do not count (other types, at or after
+    ``as_of``) - they are skipped, not copied out."""
 
     def __init__(self, t: np.ndarray, code: np.ndarray, value: np.ndarray, ids: dict[str, np.ndarray],
                  dicts: dict[str, Any]):
         self.t, self.code, self.value, self.ids, self.dicts = t, code, value, ids, dicts
         self.n = len(t)
-        self._cache: dict[Any, Any] = {}
-
-    def cached(self, key: Any, fn: Any) -> Any:
-        if key not in self._cache:
-            self._cache[key] = fn()
-        return self._cache[key]
 
 
 def _read_arrow(events: Any, label: str) -> Any:
-    """The checked events as a pyarrow table (id columns dictionary-encoded when
-    read straight from Parquet)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if isinstance(events, (str, Path)):
-        lf = scan_events(events, name=label)  # schema checks, DataError naming the file
-        schema = pl.scan_parquet(events).collect_schema()
-        if "category" in schema:
-            cols = [c for c in (*REQUIRED, *OPTIONAL) if c in schema]
-            dict_cols = [c for c in cols if c in (*_ID_COLS, "event_type") and schema[c] == pl.String]
-            try:
-                tab = pq.read_table(events, columns=cols, read_dictionary=dict_cols)
-            except Exception as e:  # pragma: no cover - scan_events already opened it
-                raise DataError(label, f"not a readable Parquet file ({type(e).__name__})") from None
-            n = tab.num_rows
-            for col, dtype in OPTIONAL.items():
-                if col not in tab.column_names:
-                    tab = tab.append_column(col, pa.nulls(n, pa.float64() if dtype == pl.Float64 else pa.string()))
-            return tab
-        return lf.collect().to_arrow()
+    """The checked events as a pyarrow table (the general path: a frame, a LazyFrame,
+    or a Parquet file :func:`_parquet_columns` does not take)."""
     if isinstance(events, pl.LazyFrame):
         return events.collect().to_arrow()
     return scan_events(events, name=label).collect().to_arrow()
 
 
+def _dictionary_identity(d: Any) -> tuple:
+    """Chunks that share one dictionary (a Parquet row group's pages) share its buffers."""
+    return (len(d), d.offset, *(b.address if b is not None else 0 for b in d.buffers()))
+
+
 def _dict_codes(col: Any) -> tuple[np.ndarray, Any]:
-    """(int64 codes with -1 for null, dictionary values) of a (chunked) column."""
+    """(int32 codes with -1 for null, one dictionary) of a (chunked) column.
+
+    Dictionary chunks are unified by hashing each *distinct* dictionary once (a
+    Parquet row group's chunks share one), then remapping the codes with numpy."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if not pa.types.is_dictionary(col.type):
-        if pa.types.is_string_view(col.type) or pa.types.is_large_string(col.type):
-            col = col.cast(pa.string()) if pa.types.is_string_view(col.type) else col
+        if pa.types.is_string_view(col.type):
+            col = col.cast(pa.string())
         col = pc.dictionary_encode(col)
     chunks = col.chunks if hasattr(col, "chunks") else [col]
     if not chunks:
-        return np.zeros(0, dtype=np.int32), pa.array([], pa.string())
-    dictionary = chunks[0].dictionary
-    parts = []
+        return np.zeros(0, dtype=np.int32), pa.array([], col.type.value_type)
+    distinct: dict[tuple, Any] = {}
     for ch in chunks:
-        idx = ch.indices
-        if idx.null_count:
-            idx = pc.fill_null(idx, -1)
-        parts.append(idx.to_numpy(zero_copy_only=False))
-    codes = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return codes.astype(np.int32, copy=False), dictionary
+        distinct.setdefault(_dictionary_identity(ch.dictionary), ch.dictionary)
+    dictionary, remaps = _unify(list(distinct.values()))
+    remap_of = dict(zip(distinct, remaps))
+    codes = np.empty(sum(len(ch) for ch in chunks), dtype=np.int32)
+    pos = 0
+    for ch in chunks:
+        _remap_into(codes[pos:pos + len(ch)], _indices(ch.indices), remap_of[_dictionary_identity(ch.dictionary)])
+        pos += len(ch)
+    return codes, dictionary
+
+
+def _unify(dictionaries: list[Any]) -> tuple[Any, list[np.ndarray | None]]:
+    """One dictionary for several: (dictionary, per input the int32 code of each of
+    its values plus a trailing -1 that a null local code (-1) reads; None: the
+    codes stay as they are)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(dictionaries) == 1:
+        return dictionaries[0], [None]
+    enc = pc.dictionary_encode(pa.concat_arrays(dictionaries))
+    glob, remaps, pos = _indices(enc.indices), [], 0
+    for d in dictionaries:
+        remaps.append(np.append(glob[pos:pos + len(d)], np.int32(-1)))
+        pos += len(d)
+    return enc.dictionary, remaps
+
+
+def _remap_into(out: np.ndarray, local: np.ndarray, remap: np.ndarray | None) -> None:
+    if remap is None:
+        out[...] = local
+    else:
+        np.take(remap, local, out=out)
+
+
+def _indices(idx: Any) -> np.ndarray:
+    """Dictionary indices as numpy int32 (-1 where null)."""
+    import pyarrow.compute as pc
+
+    if idx.null_count:
+        idx = pc.fill_null(idx, -1)
+    return idx.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
 
 def _null_as_code(codes: np.ndarray, dictionary: Any) -> tuple[np.ndarray, Any]:
@@ -249,41 +270,192 @@ def _null_as_code(codes: np.ndarray, dictionary: Any) -> tuple[np.ndarray, Any]:
     import pyarrow as pa
 
     if len(codes) and codes.min() < 0:
-        codes = np.where(codes < 0, len(dictionary), codes)
+        codes = np.where(codes < 0, len(dictionary), codes).astype(np.int32)
         dictionary = pa.concat_arrays([dictionary, pa.nulls(1, dictionary.type)])
     return codes, dictionary
 
 
-def encode_events(events: Any, as_of: float, label: str = "<events>") -> _Events:
-    """Read, check and integer-encode the events; keep behavioural ones before ``as_of``."""
+@contextlib.contextmanager
+def _arrow_pool() -> Iterator[None]:
+    """pyarrow allocations in jemalloc (else the system allocator) meanwhile.
+
+    pyarrow's default mimalloc pool faults its fresh arenas in at a high system-time
+    cost on the 2-core VM the bench runs on (1.9-2.5 s of system time for reading
+    and encoding 10M events, against 0.3-0.5 s with jemalloc or malloc;
+    docs/features.md). Arrays keep the pool they were allocated from, so restoring
+    the default afterwards is safe."""
+    import pyarrow as pa
+
+    before = pa.default_memory_pool()
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except (NotImplementedError, AttributeError):  # pragma: no cover - pyarrow built without jemalloc
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(before)
+
+
+def encode_events(events: Any, as_of: float, label: str = "<events>", threads: int = 1) -> _Events:
+    """Read, check and integer-encode the events; ``code`` -1 marks the events that
+    do not count (not behavioural, or at / after ``as_of``). ``threads``: row
+    groups (or columns) are read and converted on this many threads (pyarrow and
+    numpy release the GIL)."""
+    with _arrow_pool():
+        cols = _parquet_columns(events, label, threads) if isinstance(events, (str, Path)) else None
+        if cols is None:
+            cols = _table_columns(_read_arrow(events, label), label, threads)
+    t = cols["timestamp"]
+    if np.isnan(t).any():
+        raise DataError(label, f"{int(np.isnan(t).sum())} rows with a null or NaN timestamp", column="timestamp")
+    type_codes, type_dict = cols["event_type"]
+    lut = np.array([_TYPE_CODES.get(s, -1) for s in type_dict.to_pylist()] + [-1], dtype=np.int8)
+    code = lut[type_codes]
+    np.putmask(code, t >= as_of, np.int8(-1))
+    ids, dicts = {}, {}
+    for c in _ID_COLS:
+        codes, dictionary = cols[c]
+        if c != "session_id":
+            codes, dictionary = _null_as_code(codes, dictionary)
+        ids[c], dicts[c] = codes, dictionary
+    return _Events(t, code, cols["value"], ids, dicts)
+
+
+def _table_columns(tab: Any, label: str, threads: int) -> dict[str, Any]:
+    """Checked numpy columns of a pyarrow table: float64 ``timestamp`` / ``value``,
+    ``(codes, dictionary)`` for the ids and ``event_type`` (columns on ``threads``
+    threads, the session ids - most distinct strings - first)."""
+    _check_rows(tab, label)
+    jobs = {c: (_dict_codes, c) for c in ("session_id", "item_id", "user_id")}
+    jobs.update({c: (_float_column, c) for c in ("timestamp", "value")})
+    jobs.update({c: (_dict_codes, c) for c in ("category", "event_type")})
+
+    def run(name: str) -> Any:
+        fn, col = jobs[name]
+        return fn(tab.column(col))
+
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            return dict(zip(jobs, pool.map(run, jobs)))
+    return {name: run(name) for name in jobs}
+
+
+_DICT_COLS = (*_ID_COLS, "event_type")
+
+
+def _parquet_columns(path: str | Path, label: str, threads: int) -> dict[str, Any] | None:
+    """:func:`_table_columns` of a Parquet file, read row group by row group on
+    ``threads`` threads straight into the output arrays (each row group's
+    dictionary pages become its codes; the row groups' dictionaries are unified
+    at the end). Arrow memory stays one row group per thread. None when the file
+    is not a plain event log (no ``category``, or non-string id columns): the
+    general path reads it."""
+    import pyarrow.parquet as pq
+
+    scan_events(path, name=label)  # schema checks, DataError naming the file
+    schema = pl.scan_parquet(path).collect_schema()
+    if "category" not in schema or any(c in schema and schema[c] != pl.String for c in _DICT_COLS):
+        return None
+    cols = [c for c in (*REQUIRED, *OPTIONAL) if c in schema]
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # pragma: no cover - scan_events already opened it
+        raise DataError(label, f"not a readable Parquet file ({type(e).__name__})") from None
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(starts[-1])
+    _check_rows_empty(n, label)
+    out = _RowGroupColumns(n, [c for c in _DICT_COLS if c in cols], len(sizes))
+
+    def read(groups: list[int]) -> dict[str, int]:
+        pf = pq.ParquetFile(path, read_dictionary=out.dict_cols)  # one reader per thread
+        nulls: dict[str, int] = {}
+        for i in groups:
+            tab = pf.read_row_group(i, columns=cols, use_threads=threads <= 1)
+            out.put(i, int(starts[i]), tab)
+            for c in ("timestamp", "user_id", "item_id", "event_type"):
+                nulls[c] = nulls.get(c, 0) + tab.column(c).null_count
+        return nulls
+
+    parts = [list(range(j, len(sizes), max(threads, 1))) for j in range(max(threads, 1))]
+    try:
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                counts = list(pool.map(read, parts))
+        else:
+            counts = [read(p) for p in parts]
+    except OSError as e:  # pragma: no cover - the file changed under us
+        raise DataError(label, f"not a readable Parquet file ({type(e).__name__})") from None
+    nulls = {c: sum(x.get(c, 0) for x in counts) for c in ("timestamp", "user_id", "item_id", "event_type")}
+    _raise_bad({"n": n, "bad_t": nulls["timestamp"], "null_user": nulls["user_id"], "null_item": nulls["item_id"],
+                "null_type": nulls["event_type"]}, label)
+    return out.finish(starts, threads)
+
+
+class _RowGroupColumns:
+    """Output arrays filled row group by row group: float64 timestamp / value,
+    int32 codes local to each row group's dictionary (remapped by :meth:`finish`)."""
+
+    def __init__(self, n: int, dict_cols: list[str], n_groups: int):
+        self.dict_cols = dict_cols
+        self.floats = {"timestamp": np.empty(n), "value": np.full(n, np.nan)}
+        self.codes = {c: np.empty(n, dtype=np.int32) if c in dict_cols else np.full(n, -1, dtype=np.int32)
+                      for c in _DICT_COLS}
+        self.dicts: dict[str, list[Any]] = {c: [None] * n_groups for c in dict_cols}
+
+    def put(self, i: int, start: int, tab: Any) -> None:
+        sl = slice(start, start + tab.num_rows)
+        for c, arr in self.floats.items():
+            if c in tab.column_names:
+                arr[sl] = _float_column(tab.column(c))
+        for c in self.dict_cols:
+            self.codes[c][sl], self.dicts[c][i] = _dict_codes(tab.column(c))
+
+    def finish(self, starts: np.ndarray, threads: int) -> dict[str, Any]:
+        """Codes of each column into one dictionary (columns side by side)."""
+        import pyarrow as pa
+
+        def unify(c: str) -> tuple[np.ndarray, Any]:
+            if c not in self.dict_cols:  # an absent optional column: all null
+                return self.codes[c], pa.array([], pa.string())
+            dictionary, remaps = _unify(self.dicts[c])
+            codes = self.codes[c]
+            for i, remap in enumerate(remaps):
+                if remap is not None:
+                    part = codes[starts[i]:starts[i + 1]]
+                    _remap_into(part, part.copy(), remap)
+            return codes, dictionary
+
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                done = dict(zip(_DICT_COLS, pool.map(unify, _DICT_COLS)))
+        else:
+            done = {c: unify(c) for c in _DICT_COLS}
+        return {**self.floats, **done}
+
+
+def _float_column(col: Any) -> np.ndarray:
+    """A (chunked) column as float64 numpy (NaN where null)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    tab = _read_arrow(events, label)
-    dict_cols = [c for c in (*_ID_COLS, "event_type") if pa.types.is_dictionary(tab.schema.field(c).type)]
-    if len(dict_cols) > 1:
-        tab = tab.unify_dictionaries()
-    n = tab.num_rows
-    ts = pc.cast(tab.column("timestamp"), pa.float64())
-    t = np.asarray(ts.to_numpy(), dtype=np.float64) if n else np.zeros(0)
-    stats = {"n": n, "bad_t": int(ts.null_count + (np.isnan(t).sum() if n else 0)),
-             "null_user": tab.column("user_id").null_count, "null_item": tab.column("item_id").null_count,
-             "null_type": tab.column("event_type").null_count}
-    _raise_bad(stats, label)
-    type_codes, type_dict = _dict_codes(tab.column("event_type"))
-    lut = np.array([_TYPE_CODES.get(s, -1) for s in type_dict.to_pylist()] + [-1], dtype=np.int8)
-    code = lut[type_codes]
-    keep = (code >= 0) & (t < as_of)
-    all_kept = bool(keep.all())
-    sel = (lambda a: a) if all_kept else (lambda a: a[keep])
-    value = np.asarray(pc.cast(tab.column("value"), pa.float64()).to_numpy(), dtype=np.float64)
-    ids, dicts = {}, {}
-    for c in _ID_COLS:
-        codes, dictionary = _dict_codes(tab.column(c))
-        if c != "session_id":
-            codes, dictionary = _null_as_code(codes, dictionary)
-        ids[c], dicts[c] = sel(codes), dictionary
-    return _Events(sel(t), sel(code), sel(value), ids, dicts)
+    col = pc.cast(col, pa.float64())
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64) if len(col) else np.zeros(0)
+
+
+def _check_rows_empty(n: int, label: str) -> None:
+    if n == 0:
+        raise DataError(label, "empty event log (0 rows)")
+
+
+def _check_rows(tab: Any, label: str) -> None:
+    """Not empty, no null keys, no null timestamps (:class:`DataError` naming the
+    file; NaN timestamps are caught once converted)."""
+    _raise_bad({"n": tab.num_rows, "bad_t": tab.column("timestamp").null_count,
+                "null_user": tab.column("user_id").null_count, "null_item": tab.column("item_id").null_count,
+                "null_type": tab.column("event_type").null_count}, label)
 
 
 def _factorize(key: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -299,253 +471,121 @@ def _factorize(key: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     return gid, np.asarray(uniq, dtype=np.int64)
 
 
-def _entity_groups(ev: _Events, entity: str) -> tuple[np.ndarray, int, dict[str, np.ndarray]]:
-    """(group id per event, number of groups, key column -> code per group)."""
-    cols = ENTITIES[entity]
-    if len(cols) == 1:
-        c = ev.ids[cols[0]]
-        gid, present = _factorize(c, len(ev.dicts[cols[0]]))
-        return gid, len(present), {cols[0]: present}
-    a, b = ev.ids[cols[0]], ev.ids[cols[1]]
-    nb = max(len(ev.dicts[cols[1]]), 1)
-    key = a.astype(np.int64)
-    key *= nb
-    key += b
-    gid, packed = _factorize(key, len(ev.dicts[cols[0]]) * nb)
-    return gid, len(packed), {cols[0]: packed // nb, cols[1]: packed % nb}
-
-
-def _variant(a: Accumulator) -> tuple:
-    if a.mode == "decay":
-        return ("decay", a.half_life)
-    if a.mode == "window":
-        return ("window", a.window, a.bucket)
-    return ("total",)
-
-
-#: rows per chunk: temporaries stay small (reused by the allocator, cache-friendly)
-CHUNK = 1 << 20
-
-
-def _chunk_factor(t: np.ndarray, variant: tuple, as_of: float) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(rows of the chunk in the window, or None for all; per-row factor or None for 1)."""
-    if variant[0] == "decay":
-        x = t - as_of
-        x *= LN2 / variant[1]
-        return None, np.exp(x, out=x)
-    if variant[0] == "window":
-        a = Accumulator("", "event", "window", window=variant[1], bucket=variant[2])
-        first_bucket = float(np.floor(as_of / a.bucket) - (a.n_buckets - 1))
-        return np.flatnonzero(np.floor(t / a.bucket) >= first_bucket), None
-    return None, None
-
-
-def _accumulate(ev: _Events, entity: str, accs: list[Accumulator], as_of: float
-                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    """Every non-session accumulator of ``entity`` per group: (values, key codes, gid).
-
-    Events are visited in chunks of :data:`CHUNK` rows (views, no copies); each
-    chunk adds into preallocated per-group arrays with ``np.add.at`` /
-    ``np.maximum.at``. Count-like (weight ``one``) sources share one table per
-    mode: sums per (group, event type), a source sums its types' columns."""
-    gid, G, keys = _entity_groups(ev, entity)
-    nt = len(BEHAVIOURAL)
-    plain = [a for a in accs if not SOURCES[a.source].session]
-    split = {_variant(a): np.zeros(G * nt) for a in plain if a.mode != "max" and SOURCES[a.source].weight == "one"}
-    sums = {a.name: np.zeros(G) for a in plain if a.mode != "max" and SOURCES[a.source].weight != "one"}
-    maxes = {a.name: np.full(G, -np.inf) for a in plain if a.mode == "max"}
-    variants = list(dict.fromkeys([_variant(a) for a in plain if a.mode != "max"]))
-    for lo in range(0, ev.n, CHUNK):
-        sl = slice(lo, min(lo + CHUNK, ev.n))
-        g, code, t, value = gid[sl], ev.code[sl], ev.t[sl], ev.value[sl]
-        key4 = None
-        done: set[tuple] = set()
-        # per-chunk decay factors / window rows, shared by every entity of the snapshot
-        factors = {v: ev.cached((v, lo), lambda v=v: _chunk_factor(t, v, as_of)) for v in variants}
-        subsets: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for a in plain:
-            s = SOURCES[a.source]
-            if a.mode == "max":
-                gg, _, x = _chunk_subset(subsets, g, code, t, value, s, None)
-                np.maximum.at(maxes[a.name], gg, x)
-                continue
-            var = _variant(a)
-            rows, factor = factors[var]
-            if s.weight == "one":
-                if var not in done:
-                    if key4 is None:
-                        key4 = g.astype(np.int64)
-                        key4 *= nt
-                        key4 += code
-                    k = key4 if rows is None else key4[rows]
-                    np.add.at(split[var], k, 1.0 if factor is None else factor)
-                    done.add(var)
-                continue
-            gg, idx, x = _chunk_subset(subsets, g, code, t, value, s, rows, var)
-            if s.weight == "value_sq":
-                x = x * x
-            elif s.weight == "value_n":
-                x = 1.0
-            if factor is not None:
-                x = x * factor[idx]
-            np.add.at(sums[a.name], gg, x)
-    out: dict[str, np.ndarray] = {}
-    for a in plain:
-        if a.mode == "max":
-            m = maxes[a.name]
-            out[a.name] = np.where(np.isneginf(m), np.nan, m)
-        elif SOURCES[a.source].weight == "one":
-            tab = split[_variant(a)].reshape(G, nt)
-            types = [_TYPE_CODES[e] for e in SOURCES[a.source].event_types]
-            out[a.name] = tab[:, types[0]].copy() if len(types) == 1 else tab[:, types].sum(axis=1)
-        else:
-            out[a.name] = sums[a.name]
-    return out, keys, gid
-
-
-#: entities aggregated by a polars group-by (multithreaded, releases the GIL) on a
-#: worker thread while the numpy passes of the other entities run: the (user, item)
-#: pass is the largest (millions of groups; a hash factorisation either way)
-POLARS_ENTITIES: tuple[str, ...] = ()  # measured: ("user_item",) cost more CPU, no overlap under load
-#: below this many events everything stays on the numpy path (tests cover both via it)
-POLARS_MIN_ROWS = 0
-
-
-def _polars_expr(a: Accumulator, as_of: float) -> pl.Expr:
-    """One accumulator as a polars aggregation over the columns ``code`` (event type
-    code), ``t``, ``v`` (value, NaN where null) - the same weights, decay factors
-    and window rows as :func:`_accumulate`, from the same :data:`SOURCES`."""
-    s = SOURCES[a.source]
-    code, t, v = pl.col("code"), pl.col("t"), pl.col("v")
-    types = [_TYPE_CODES[e] for e in s.event_types]
-    is_type = code >= 0 if len(types) == len(BEHAVIOURAL) else (  # a column, not a scalar literal
-        code == types[0] if len(types) == 1 else code.is_in(types))
-    if a.mode == "max":
-        x = t if s.weight == "time" else v
-        m = is_type if s.weight == "time" else is_type & ~v.is_nan()
-        x = x if s.weight == "time" and len(types) == len(BEHAVIOURAL) else x.filter(m)
-        return x.max().fill_null(float("nan")).cast(pl.Float64).alias(a.name)
-    if s.weight == "one":
-        w = is_type
-    else:
-        m = is_type & ~v.is_nan()
-        w = {"value": v, "value_sq": v * v, "value_n": pl.lit(1.0)}[s.weight]
-        w = pl.when(m).then(w).otherwise(0.0) if s.weight != "value_n" else m
-    if a.mode == "window":
-        first_bucket = float(np.floor(as_of / a.bucket) - (a.n_buckets - 1))
-        w = w & ((t / a.bucket).floor() >= first_bucket) if s.weight in ("one", "value_n") else (
-            pl.when((t / a.bucket).floor() >= first_bucket).then(w).otherwise(0.0))
-    if a.mode == "decay":
-        factor = pl.col(f"decay:{a.half_life:g}")  # a column of the frame (numpy, as _chunk_factor)
-        w = w.cast(pl.Float64) * factor if s.weight in ("one", "value_n") else w * factor
-    return w.sum().cast(pl.Float64).alias(a.name)
-
-
-def _accumulate_polars(ev: _Events, entity: str, accs: list[Accumulator], as_of: float
-                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], None]:
-    """:func:`_accumulate` as one polars group-by on the packed int64 entity key
-    (multithreaded, GIL released). Groups come sorted by key codes."""
-    cols = ENTITIES[entity]
-    plain = [a for a in accs if not SOURCES[a.source].session]
-    if len(cols) == 1:
-        key, nb = ev.ids[cols[0]].astype(np.int64), 1
-    else:
-        nb = max(len(ev.dicts[cols[1]]), 1)
-        key = ev.ids[cols[0]].astype(np.int64)
-        key *= nb
-        key += ev.ids[cols[1]]
-    data = {"k": key, "code": ev.code, "t": ev.t, "v": ev.value}
-    for h in sorted({a.half_life for a in plain if a.mode == "decay"}):
-        data[f"decay:{h:g}"] = ev.cached(("decay", h), lambda h=h: _chunk_factor(ev.t, ("decay", h), as_of)[1])
-    df = pl.DataFrame(data, nan_to_null=False)
-    res = (df.lazy().group_by("k").agg([_polars_expr(a, as_of) for a in plain])
-           .sort("k").collect())  # deterministic: by (key codes), cheaper than maintain_order
-    packed = res["k"].to_numpy()
-    keys = {cols[0]: packed} if len(cols) == 1 else {cols[0]: packed // nb, cols[1]: packed % nb}
-    return {a.name: res[a.name].to_numpy() for a in plain}, keys, None
-
-
-def _chunk_subset(cache: dict, g: np.ndarray, code: np.ndarray, t: np.ndarray, value: np.ndarray, s: Any,
-                  rows: np.ndarray | None, var: tuple = ("total",)) -> tuple[np.ndarray, Any, np.ndarray]:
-    """(group id, rows, value or time) of a chunk's events a value/time source ranges
-    over (its event types, a non-null value; restricted to a window's ``rows``)."""
-    key = (s.event_types, s.weight == "time", var if rows is not None else None)
-    if key not in cache:
-        types = [_TYPE_CODES[e] for e in s.event_types]
-        if s.weight == "time" and len(types) == len(BEHAVIOURAL):
-            idx: Any = slice(None)
-        else:
-            m = code == types[0] if len(types) == 1 else np.isin(code, types)
-            if s.weight != "time":
-                m &= ~np.isnan(value)
-            idx = np.flatnonzero(m)
-        if rows is not None:
-            idx = np.intersect1d(np.arange(len(g))[idx], rows, assume_unique=True)
-        cache[key] = (g[idx], idx, t[idx] if s.weight == "time" else value[idx])
-    return cache[key]
-
-
-def _session_counts(ev: _Events, user_codes: np.ndarray, accs: list[Accumulator]) -> dict[str, np.ndarray]:
-    """Per user (``user_codes``): number of sessions that started / had a cart /
-    converted (cart and purchase), over behavioural events before as_of."""
-    u, s = ev.ids["user_id"], ev.ids["session_id"]
-    has = s >= 0
-    if not has.all():
-        u, s, code = u[has], s[has], ev.code[has]
-    else:
-        code = ev.code
-    n_users = len(ev.dicts["user_id"])
-    n_sess = len(ev.dicts["session_id"])
+def _session_counts(ev: _Events, accs: list[Accumulator], chunk: int = 1 << 20) -> dict[str, np.ndarray]:
+    """Per user code: number of sessions that started / had a cart / converted (cart
+    and purchase), over the events that count. Visited in chunks (small
+    temporaries, no copies of the columns)."""
+    n_users, n_sess = len(ev.dicts["user_id"]), len(ev.dicts["session_id"])
     su = np.full(max(n_sess, 1), -1, dtype=np.int64)
-    su[s] = u
-    if len(s) and not np.array_equal(su[s], u):  # a session id shared by several users: (user, session) pairs
-        sid, packed = _factorize(u.astype(np.int64) * n_sess + s, n_users * n_sess)
-        s, su = sid, packed // max(n_sess, 1)
-    ns = len(su)
-    flags = {"start": np.zeros(ns, dtype=bool), "cart": np.zeros(ns, dtype=bool), "purchase": np.zeros(ns, dtype=bool)}
-    flags["start"][s] = True
-    flags["cart"][s[code == _TYPE_CODES["add_to_cart"]]] = True
-    flags["purchase"][s[code == _TYPE_CODES["purchase"]]] = True
+    flags = {k: np.zeros(max(n_sess, 1), dtype=bool) for k in ("start", "cart", "purchase")}
+    for lo in range(0, ev.n, chunk):
+        u, s, code = (x[lo:lo + chunk] for x in (ev.ids["user_id"], ev.ids["session_id"], ev.code))
+        has = (s >= 0) & (code >= 0)
+        su[s[has]] = u[has]
+        flags["start"][s[has]] = True
+        flags["cart"][s[has & (code == _TYPE_CODES["add_to_cart"])]] = True
+        flags["purchase"][s[has & (code == _TYPE_CODES["purchase"])]] = True
+    if not all(np.array_equal(su[s[has]], u[has]) for u, s, has in _session_rows(ev, chunk)):
+        return _shared_session_counts(ev, accs)
     flags["converted"] = flags["cart"] & flags["purchase"]
-    out = {}
-    for a in accs:
-        f = flags[SOURCES[a.source].session]
-        out[a.name] = np.bincount(su[f], minlength=n_users).astype(np.float64)[user_codes]
-    return out
+    return {a.name: np.bincount(su[flags[SOURCES[a.source].session]], minlength=n_users).astype(np.float64)
+            for a in accs}
+
+
+def _session_rows(ev: _Events, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    for lo in range(0, ev.n, chunk):
+        u, s, code = (x[lo:lo + chunk] for x in (ev.ids["user_id"], ev.ids["session_id"], ev.code))
+        yield u, s, (s >= 0) & (code >= 0)
+
+
+def _shared_session_counts(ev: _Events, accs: list[Accumulator]) -> dict[str, np.ndarray]:
+    """:func:`_session_counts` when a session id is shared by several users: the
+    sessions are (user, session) pairs."""
+    has = (ev.ids["session_id"] >= 0) & (ev.code >= 0)
+    u, s, code = ev.ids["user_id"][has], ev.ids["session_id"][has], ev.code[has]
+    n_users, n_sess = len(ev.dicts["user_id"]), len(ev.dicts["session_id"])
+    sid, packed = _factorize(u.astype(np.int64) * n_sess + s, n_users * n_sess)
+    su = packed // max(n_sess, 1)
+    flags = {"start": np.ones(len(su), dtype=bool), "cart": np.zeros(len(su), dtype=bool),
+             "purchase": np.zeros(len(su), dtype=bool)}
+    flags["cart"][sid[code == _TYPE_CODES["add_to_cart"]]] = True
+    flags["purchase"][sid[code == _TYPE_CODES["purchase"]]] = True
+    flags["converted"] = flags["cart"] & flags["purchase"]
+    return {a.name: np.bincount(su[flags[SOURCES[a.source].session]], minlength=n_users).astype(np.float64)
+            for a in accs}
+
+
+class StageTimer:
+    """Wall-clock and process-CPU seconds (every thread) per named stage:
+    ``with timer("read"): ...``; ``timer.stages`` -> {name: {"wall_s", "cpu_s"}}."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            st = self.stages.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+            st["wall_s"] += time.perf_counter() - t0
+            st["cpu_s"] += time.process_time() - c0
+
+
+def _stage(timer: StageTimer | None, name: str) -> Any:
+    return timer(name) if timer is not None else contextlib.nullcontext()
+
+
+#: worker threads of the snapshot (numpy and pyarrow release the GIL inside their
+#: calls): id columns encoded, the sorted pass's two chunk parts, sessions beside it
+SNAPSHOT_THREADS = min(os.cpu_count() or 1, 2)
 
 
 def snapshot_accumulators(events: Any, fs: FeatureSet, as_of: float, label: str = "<events>",
-                          entities: list[str] | None = None) -> dict[str, pl.DataFrame]:
+                          entities: list[str] | None = None, threads: int | None = None) -> dict[str, pl.DataFrame]:
     """Accumulator values of every entity key seen before ``as_of`` (key columns
-    with the raw ids, one float64 column per accumulator)."""
-    from concurrent.futures import ThreadPoolExecutor
+    with the raw ids, one float64 column per accumulator). ``threads``: default
+    :data:`SNAPSHOT_THREADS`; the result is the same whatever the number."""
+    return {e: keys.with_columns(pl.Series(name, v) for name, v in vals.items())
+            for e, (keys, vals) in _snapshot_arrays(events, fs, as_of, label, entities, threads).items()}
 
+
+def _snapshot_arrays(events: Any, fs: FeatureSet, as_of: float, label: str = "<events>",
+                     entities: list[str] | None = None, threads: int | None = None,
+                     timer: StageTimer | None = None) -> dict[str, tuple[pl.DataFrame, dict[str, np.ndarray]]]:
+    """entity -> (key columns with the raw ids, accumulator name -> float64 values)."""
+    from recsys.features.sorted_pass import sorted_accumulators
+
+    threads = threads or SNAPSHOT_THREADS
     entities = entities or fs.entities
-    ev = encode_events(events, as_of, label)
-    frames = {}
-    # polars passes on a worker thread (GIL released inside collect) overlap the numpy
-    # passes of the other entities on this thread
-    with ThreadPoolExecutor(1) as pool:
-        futures = {e: pool.submit(_accumulate_polars, ev, e, fs.entity_accumulators(e), as_of)
-                   for e in entities if e in POLARS_ENTITIES and ev.n >= POLARS_MIN_ROWS}
-        results = {e: (futures[e] if e in futures else None) for e in entities}
-        for entity in entities:
-            if results[entity] is None:
-                results[entity] = _accumulate(ev, entity, fs.entity_accumulators(entity), as_of)
-        results = {e: r.result() if e in futures else r for e, r in results.items()}
-    for entity in entities:
-        accs = fs.entity_accumulators(entity)
-        vals, keys, _ = results[entity]
-        sess = [a for a in accs if SOURCES[a.source].session]
-        if sess:
-            vals.update(_session_counts(ev, keys["user_id"], sess))
+    with _stage(timer, "read_encode"):
+        ev = encode_events(events, as_of, label, threads)
+    accs = {e: fs.entity_accumulators(e) for e in entities}
+    sess = [a for e in entities for a in accs[e] if SOURCES[a.source].session]
+    with _stage(timer, "accumulate"), ThreadPoolExecutor(1) as side:  # sessions beside the sorted pass
+        sessions = side.submit(_session_counts, ev, sess) if sess else None
+        results = sorted_accumulators(ev, accs, as_of, threads=threads)
+        per_user = sessions.result() if sessions is not None else {}
+    with _stage(timer, "keys"):
+        return _with_keys(ev, accs, results, per_user, threads)
+
+
+def _with_keys(ev: _Events, accs: dict[str, list[Accumulator]], results: dict, per_user: dict[str, np.ndarray],
+               threads: int) -> dict[str, tuple[pl.DataFrame, dict[str, np.ndarray]]]:
+    """Raw ids of the output keys and the session counts of their users (entities
+    side by side: pyarrow ``take`` and the polars casts release the GIL)."""
+
+    def one(entity: str) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+        vals, keys = results[entity]
+        for a in accs[entity]:
+            if a.name in per_user:
+                vals[a.name] = per_user[a.name][keys["user_id"]]
         cols = [pl.Series(k, ev.dicts[k].take(keys[k])).cast(pl.String) for k in ENTITIES[entity]]
-        frames[entity] = pl.DataFrame([*cols, *[pl.Series(a.name, vals[a.name]) for a in accs]])
-    return frames
+        return pl.DataFrame(cols), {a.name: vals[a.name] for a in accs[entity]}
 
-
-def _as_numpy(df: pl.DataFrame, cols: list[str]) -> dict[str, np.ndarray]:
-    return {c: df.get_column(c).cast(pl.Float64).to_numpy() for c in cols}
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(zip(accs, pool.map(one, accs)))
 
 
 def features_frame(fs: FeatureSet, entity: str, keys: pl.DataFrame, values: Mapping[str, np.ndarray]) -> pl.DataFrame:
@@ -567,35 +607,46 @@ def snapshot(events: Any, fs: FeatureSet, as_of: float, params: Mapping[str, Any
 
 
 def snapshot_and_params(events: Any, fs: FeatureSet, as_of: float, params: Mapping[str, Any] | str | None,
-                        entities: list[str] | None = None,
-                        label: str | None = None) -> tuple[dict[str, pl.DataFrame], dict[str, Any] | None]:
+                        entities: list[str] | None = None, label: str | None = None,
+                        timer: StageTimer | None = None) -> tuple[dict[str, pl.DataFrame], dict[str, Any] | None]:
     """:func:`snapshot` plus the params used. ``params``: fitted priors / cohort
     statistics, ``None`` (leave the fitted features out) or ``"fit"``: fit them on
-    this very snapshot (events before ``as_of``), one pass for both."""
+    this very snapshot (events before ``as_of``), one pass for both. ``timer``:
+    records the stages (read_encode, accumulate, keys, fit_evaluate)."""
     if label is None and isinstance(events, (str, Path)):
         label = str(events)
-    raw = snapshot_accumulators(events, fs, as_of, label or "<events>", entities)
-    accs = {e: _as_numpy(df, [a.name for a in fs.entity_accumulators(e)]) for e, df in raw.items()}
-    if isinstance(params, str):
-        if params != "fit":
-            raise ValueError(f"params={params!r}: expected a mapping, None or 'fit'")
-        snaps = {e: {**a, **evaluate(fs, e, a, as_of, None)} for e, a in accs.items()}
-        params = {**fit_params(fs, snaps), "_fit_time": float(as_of)}
-    out = {}
-    for entity, df in raw.items():
-        keys = df.select(list(ENTITIES[entity]))
-        out[entity] = features_frame(fs, entity, keys, evaluate(fs, entity, accs[entity], as_of, params))
+    raw = _snapshot_arrays(events, fs, as_of, label or "<events>", entities, timer=timer)
+    accs = {e: vals for e, (_, vals) in raw.items()}
+    if isinstance(params, str) and params != "fit":
+        raise ValueError(f"params={params!r}: expected a mapping, None or 'fit'")
+    with _stage(timer, "fit_evaluate"), ThreadPoolExecutor(SNAPSHOT_THREADS) as pool:  # entities side by side
+
+        def per_entity(fn: Any) -> dict[str, Any]:
+            return dict(zip(raw, pool.map(fn, raw)))
+
+        if params == "fit":
+            need = _fit_needs_features(fs)  # entities whose fit reads feature values, not only accumulators
+            snaps = per_entity(lambda e: {**accs[e], **(evaluate(fs, e, accs[e], as_of, None) if e in need else {})})
+            params = {**fit_params(fs, snaps), "_fit_time": float(as_of)}
+        out = per_entity(lambda e: features_frame(fs, e, raw[e][0], evaluate(fs, e, accs[e], as_of, params)))
     return out, (dict(params) if params is not None else None)
+
+
+def _fit_needs_features(fs: FeatureSet) -> set[str]:
+    """Entities whose fitted parts read feature values (the source of a z-score or
+    rank); the priors read accumulators only, so the other entities skip
+    :func:`evaluate` when fitting."""
+    return {f.entity for f in fs.features if f.transform in PARAM_TRANSFORMS
+            and any(name not in fs.accumulators for name in (*f.inputs, f.segment) if name)}
 
 
 def fit(events: Any, fs: FeatureSet, fit_time: float, label: str | None = None) -> dict[str, Any]:
     """Fitted priors and cohort statistics from the events before ``fit_time``."""
     if label is None and isinstance(events, (str, Path)):
         label = str(events)
-    snaps = {}
-    for entity, df in snapshot_accumulators(events, fs, fit_time, label or "<events>").items():
-        accs = _as_numpy(df, [a.name for a in fs.entity_accumulators(entity)])
-        snaps[entity] = {**accs, **evaluate(fs, entity, accs, fit_time, None)}
+    snaps, need = {}, _fit_needs_features(fs)
+    for entity, (_, accs) in _snapshot_arrays(events, fs, fit_time, label or "<events>").items():
+        snaps[entity] = {**accs, **(evaluate(fs, entity, accs, fit_time, None) if entity in need else {})}
     params = fit_params(fs, snaps)
     params["_fit_time"] = float(fit_time)
     return params

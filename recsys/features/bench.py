@@ -176,18 +176,21 @@ def run_bench(fs: FeatureSet, out_dir: str | Path, n_events: int = 10_000_000, n
     gc.collect()
 
     # batch: read Parquet -> every feature family (fitted priors included) -> write Parquet
+    # (threads inside: process CPU counts every thread; no child processes)
     load_batch = os.getloadavg()
+    timer = batch.StageTimer()
     t0, c0 = time.perf_counter(), time.process_time()
-    frames, params = batch.snapshot_and_params(path, fs, as_of, "fit")
-    t1 = time.perf_counter()
-    written = batch.write_features(frames, out_dir / "features")
+    frames, params = batch.snapshot_and_params(path, fs, as_of, "fit", timer=timer)
+    with timer("write"):
+        written = batch.write_features(frames, out_dir / "features")
     batch_s, batch_cpu = time.perf_counter() - t0, time.process_time() - c0
-    write_s = time.perf_counter() - t1
+    write_s = timer.stages["write"]["wall_s"]
     rows = {e: f.height for e, f in frames.items()}
     del frames
     gc.collect()
+    stages = ", ".join(f"{k} {v['wall_s']:.2f}/{v['cpu_s']:.2f}" for k, v in timer.stages.items())
     log(f"batch: {n_events / batch_s:,.0f} events/s ({batch_s:.2f}s, write {write_s:.2f}s, process CPU "
-        f"{batch_cpu:.2f}s; load {load_batch[0]:.1f}; rows {rows})")
+        f"{batch_cpu:.2f}s; load {load_batch[0]:.1f}; stages wall/CPU s: {stages}; rows {rows})")
 
     # naive pandas baseline on the same file (first baseline_rows events)
     base_rows = int(min(baseline_rows or n_events, n_events))
@@ -249,6 +252,7 @@ def run_bench(fs: FeatureSet, out_dir: str | Path, n_events: int = 10_000_000, n
         "before": BEFORE,
         "n_events": n_events, "batch_seconds": batch_s, "batch_events_per_s": n_events / batch_s,
         "batch_cpu_seconds": batch_cpu, "batch_write_seconds": write_s, "batch_load_average": list(load_batch),
+        "batch_stages": timer.stages, "batch_threads": batch.SNAPSHOT_THREADS,
         "batch_rows": rows, "batch_files": written, "n_features": len(fs.features), "feature_set": fs.version,
         "baseline": {"engine": "pandas groupby (naive)", **base},
         "baseline_events_per_s": base["events_per_s"],
