@@ -184,3 +184,38 @@ def test_ranker_table_gains_point_in_time_behavioural_features():
     n_before = ev.filter((pl.col("user_id") == u) & (pl.col("timestamp") < ts)).height
     assert t.features["bf_user_events"][0] == pytest.approx(np.log1p(n_before), rel=1e-6)
     assert t.version.startswith(base.version + "+behavioural/")
+
+
+def test_small_read_paths_match_the_general_ones():
+    """The few-key evaluate block, the flat write buffer and read_user give the
+    values of the per-feature loop and of read() exactly."""
+    from recsys.features.definitions import SMALL_ROWS, evaluate
+
+    fs = build_feature_set(CFG)
+    ev = random_events(np.random.default_rng(11), 400).sort("timestamp")
+    params = batch.fit(batch.scan_events(ev), fs, float(ev["timestamp"].median()))
+    on = OnlineFeatures(fs, params, buffer_size=64)
+    for r in ev[:300].iter_rows(named=True):
+        on.ingest_event(r)
+    q = float(ev["timestamp"].max()) + 5.0
+    users = sorted({r["user_id"] for r in ev[:300].iter_rows(named=True)}) + ["nobody"]
+    assert on.pending > 0
+    vec = on.read_user(users[0], q)  # flushes the user entity first (read-your-writes)
+    full = on.read("user", users, q)
+    assert list(vec) == list(full)
+    for k, v in vec.items():
+        np.testing.assert_array_equal(v, full[k][0], err_msg=k)
+    for u in users[1:4]:
+        vec = on.read_user(u, q)
+        for k, v in on.read("user", [u], q).items():
+            np.testing.assert_array_equal(vec[k], v[0], err_msg=k)
+    # block path (<= SMALL_ROWS keys) == per-feature loop (more keys), element-wise
+    for entity in fs.entities:
+        rows = np.arange(SMALL_ROWS + 1) % max(len(on.tables[entity]), 1)
+        t = np.full(len(rows), q)
+        accs = on._accumulators(entity, rows, t)
+        big = evaluate(fs, entity, accs, t, params)
+        small = evaluate(fs, entity, {k: v[:3] for k, v in accs.items()}, t[:3], params)
+        assert list(big) == list(small)
+        for k in big:
+            np.testing.assert_array_equal(small[k], big[k][:3], err_msg=k)

@@ -338,8 +338,17 @@ def evaluate(fs: FeatureSet, entity: str, accs: Mapping[str, np.ndarray], t: np.
     """
     out: dict[str, np.ndarray] = {}
     t = np.asarray(t, dtype=np.float64)
-    for f in fs.entity_features(entity):
+    plan = _eval_plan(fs, entity)
+    pre: dict[str, np.ndarray] = {}
+    segs: dict[str, np.ndarray] = {}  # segment accumulator -> segment index (shared by features)
+    if plan.small_ok(accs):
+        pre = plan.block(accs)
+    for f in plan.features:
         if f.transform in PARAM_TRANSFORMS and params is None:
+            continue
+        v = pre.get(f.name)
+        if v is not None:
+            out[f.name] = v
             continue
         x = [np.asarray(accs[n], dtype=np.float64) for n in f.inputs] if f.transform not in ("zscore", "rank") else []
         if f.transform == "identity":
@@ -355,19 +364,27 @@ def evaluate(fs: FeatureSet, entity: str, accs: Mapping[str, np.ndarray], t: np.
             missing = np.isnan(x[0])
             v = np.where(missing, f.default, t - np.where(missing, 0.0, x[0]))
         elif f.transform == "eb_rate":
-            seg = segment_of(accs[f.segment], fs.segments[f.segment])
-            a = np.asarray(params[f.name]["alpha"])[seg]
-            b = np.asarray(params[f.name]["beta"])[seg]
+            seg = segs.get(f.segment)
+            if seg is None:
+                seg = segs[f.segment] = segment_of(accs[f.segment], fs.segments[f.segment])
+            a = _param_array(params[f.name]["alpha"])[seg]
+            b = _param_array(params[f.name]["beta"])[seg]
             num, den = x
             v = ((den - num) + b) / (den + a + b) if f.complement else (num + a) / (den + a + b)
         else:  # zscore / rank within segment
-            seg = segment_of(accs[f.segment], fs.segments[f.segment])
+            seg = segs.get(f.segment)
+            if seg is None:
+                seg = segs[f.segment] = segment_of(accs[f.segment], fs.segments[f.segment])
             src = out[f.inputs[0]]
             p = params[f.name]
             if f.transform == "zscore":
-                v = (src - np.asarray(p["mean"])[seg]) / np.asarray(p["std"])[seg]
+                v = (src - _param_array(p["mean"])[seg]) / _param_array(p["std"])[seg]
             else:
                 knots = _ecdf_knots(p["quantiles"])  # per segment, from (n_segments, n_levels)
+                if src.shape == seg.shape and src.size == 1:  # one key (online read)
+                    uq, mid = knots[int(seg.flat[0])]
+                    out[f.name] = np.interp(src, uq, mid)
+                    continue
                 v = np.empty(np.broadcast(src, seg).shape)
                 src_b, seg_b = np.broadcast_arrays(src, seg)
                 if src_b.size == 1:
@@ -380,6 +397,74 @@ def evaluate(fs: FeatureSet, entity: str, accs: Mapping[str, np.ndarray], t: np.
                         v[m] = np.interp(src_b[m], uq, mid)
         out[f.name] = np.asarray(v, dtype=np.float64)
     return out
+
+
+#: rows up to which :func:`evaluate` computes identity / ratio features as one
+#: (features x rows) block (per-call overhead dominates online reads of a few keys;
+#: the element-wise operations, hence the values, are those of the per-feature loop)
+SMALL_ROWS = 64
+
+
+class _EvalPlan:
+    """Per (feature set, entity): the features in order and the identity / ratio
+    features' inputs, so a read of a few keys costs a handful of numpy calls."""
+
+    def __init__(self, fs: FeatureSet, entity: str):
+        self.features = fs.entity_features(entity)
+        ident = [f for f in self.features if f.transform == "identity"]
+        ratio = [f for f in self.features if f.transform == "ratio"]
+        self.id_names = [f.name for f in ident]
+        self.id_inputs = [f.inputs[0] for f in ident]
+        self.id_default = np.array([f.default for f in ident], dtype=np.float64)[:, None]
+        self.r_names = [f.name for f in ratio]
+        self.r_num = [f.inputs[0] for f in ratio]
+        self.r_den = [f.inputs[1] for f in ratio]
+        self.r_default = np.array([f.default for f in ratio], dtype=np.float64)[:, None]
+        self.r_ci = np.flatnonzero([f.complement for f in ratio])
+        self.probe = (self.id_inputs + self.r_num)[:1]
+
+    def small_ok(self, accs: Mapping[str, np.ndarray]) -> bool:
+        if not self.probe:
+            return False
+        a = accs[self.probe[0]]
+        return isinstance(a, np.ndarray) and a.ndim == 1 and len(a) <= SMALL_ROWS
+
+    def block(self, accs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        try:
+            if self.id_names:
+                x = np.array([accs[n] for n in self.id_inputs], dtype=np.float64)
+                v = np.where(np.isnan(x), self.id_default, x)
+                out.update(zip(self.id_names, v))
+            if self.r_names:
+                num = np.array([accs[n] for n in self.r_num], dtype=np.float64)
+                den = np.array([accs[n] for n in self.r_den], dtype=np.float64)
+                ok = den > 0
+                safe = np.where(ok, den, 1.0)
+                r = num / safe
+                if self.r_ci.size:  # complement: (den - num) / den, on those rows only
+                    c = self.r_ci
+                    r[c] = (den[c] - num[c]) / safe[c]
+                out.update(zip(self.r_names, np.where(ok, r, self.r_default)))
+        except ValueError:  # inputs of different lengths: the per-feature loop handles them
+            return {}
+        return out
+
+
+_EVAL_PLANS: dict[tuple[int, str], tuple[FeatureSet, _EvalPlan]] = {}
+
+
+def _eval_plan(fs: FeatureSet, entity: str) -> _EvalPlan:
+    """:class:`_EvalPlan` cached per feature-set object (keyed by identity; the
+    cache holds the object so its id stays unique)."""
+    hit = _EVAL_PLANS.get((id(fs), entity))
+    if hit is not None and hit[0] is fs:
+        return hit[1]
+    plan = _EvalPlan(fs, entity)
+    if len(_EVAL_PLANS) > 256:
+        _EVAL_PLANS.clear()
+    _EVAL_PLANS[(id(fs), entity)] = (fs, plan)
+    return plan
 
 
 def _ecdf(q: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -397,6 +482,20 @@ def _knots(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _KNOTS: dict[int, tuple[Any, list[tuple[np.ndarray, np.ndarray]]]] = {}
+_ARRAYS: dict[int, tuple[Any, np.ndarray]] = {}
+
+
+def _param_array(values: Any) -> np.ndarray:
+    """``np.asarray(values)`` of a fitted parameter list, once per object (keyed by
+    identity, like :func:`_ecdf_knots`)."""
+    hit = _ARRAYS.get(id(values))
+    if hit is not None and hit[0] is values:
+        return hit[1]
+    arr = np.asarray(values)
+    if len(_ARRAYS) > 1024:
+        _ARRAYS.clear()
+    _ARRAYS[id(values)] = (values, arr)
+    return arr
 
 
 def _ecdf_knots(quantiles: Any) -> list[tuple[np.ndarray, np.ndarray]]:

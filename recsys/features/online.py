@@ -18,7 +18,7 @@ reading a key costs a handful of numpy calls whatever the number of features:
 
 Two ways in, same result (equal to applying the events one by one, in any order):
 
-* ``ingest(...)`` - one event, O(1): appended to a columnar write buffer, which
+* ``ingest(...)`` - one event, O(1): appended to a flat write buffer, which
   is applied vectorised when it holds ``buffer_size`` events or before anything
   reads the state (read-your-writes: a read sees every event ingested before it);
 * ``update(events)`` - a batch (pyarrow table, polars frame or column dict).
@@ -30,6 +30,8 @@ the function the batch path calls.
 from __future__ import annotations
 
 import math
+from itertools import repeat
+from operator import is_not
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,6 +48,8 @@ _CODES = {t: i for i, t in enumerate(BEHAVIOURAL)}
 _TYPES = pa.array(BEHAVIOURAL)
 FORMAT = "recsys.online_features/2"
 #: per-event base quantities a source weight picks from (see :func:`_base`)
+#: entries per buffered event in the flat write buffer
+_W = 7
 _KINDS = {"one": 0, "value": 1, "value_sq": 2, "value_n": 3, "time": 4}
 
 
@@ -148,20 +152,16 @@ class OnlineFeatures:
         self.watermark = -np.inf
         self.n_events = 0
         self.buffer_size = int(buffer_size)
+        self._buf_limit = _W * self.buffer_size
         self._new_buffer()
 
     # ------------------------------------------------------------ update
 
     def _new_buffer(self) -> None:
-        self._b_user: list[Any] = []
-        self._b_item: list[Any] = []
-        self._b_t: list[float] = []
-        self._b_code: list[int] = []
-        self._b_value: list[float] = []
-        self._b_session: list[Any] = []
-        self._b_category: list[Any] = []
-        self._pending_users = set()
-        self._pending_items = set()
+        #: the buffered events, flat: 7 entries per event (user, item, t, code, value,
+        #: session, category) - no per-event container object, so no GC churn
+        self._buf: list[Any] = []
+        self._pending_users: set[Any] = set()
         #: entity -> how many buffered events it has applied already (a read applies
         #: the buffer to the entity it reads only; the rest waits for the full flush)
         self._applied = dict.fromkeys(self.fs.entities, 0)
@@ -177,16 +177,10 @@ class OnlineFeatures:
         t = float(timestamp)
         if t != t:
             raise DataError(None, "NaN timestamp in an online event", column="timestamp")
-        self._b_user.append(user_id)
-        self._b_item.append(item_id)
-        self._b_t.append(t)
-        self._b_code.append(code)
-        self._b_value.append(math.nan if value is None else value)
-        self._b_session.append(session_id)
-        self._b_category.append(category)
+        buf = self._buf
+        buf.extend((user_id, item_id, t, code, math.nan if value is None else value, session_id, category))
         self._pending_users.add(user_id)
-        self._pending_items.add(item_id)
-        if len(self._b_t) >= self.buffer_size:
+        if len(buf) >= self._buf_limit:
             self.flush()
         return True
 
@@ -198,16 +192,20 @@ class OnlineFeatures:
     @property
     def pending(self) -> int:
         """Events ingested but not applied yet."""
-        return len(self._b_t)
+        return len(self._buf) // _W
 
     def _flush_for(self, entity: str, keys: list[Any]) -> None:
         """Read-your-writes: apply the buffer when an ingested event touches any of
         ``keys`` (a key's state depends only on its own events, so a read of other
         keys is already exact and skips the flush)."""
-        if not self._b_t:
+        buf = self._buf
+        if not buf:
             return
         kc = ENTITIES[entity]
-        pend = self._pending_items if kc[0] == "item_id" else self._pending_users
+        if kc[0] == "item_id":
+            pend = set(buf[_W * self._applied[entity] + 1::_W])
+        else:
+            pend = self._pending_users
         if len(kc) == 1:
             hit = any(k in pend for k in keys)
         else:
@@ -216,15 +214,15 @@ class OnlineFeatures:
             self._flush_entity(entity)
 
     def _buffer_columns(self, start: int) -> dict[str, Any]:
-        return {"timestamp": np.array(self._b_t[start:], dtype=np.float64),
-                "code": np.array(self._b_code[start:], dtype=np.int64),
-                "value": np.array(self._b_value[start:], dtype=np.float64), "user_id": self._b_user[start:],
-                "item_id": self._b_item[start:], "session_id": self._b_session[start:],
-                "category": self._b_category[start:]}
+        b = self._buf[_W * start:]
+        user, item, t, code, value, session, category = (b[j::_W] for j in range(_W))
+        return {"timestamp": np.array(t, dtype=np.float64), "code": np.array(code, dtype=np.int64),
+                "value": np.array(value, dtype=np.float64), "user_id": user, "item_id": item,
+                "session_id": session, "category": category}
 
     def flush(self) -> int:
         """Apply the buffered events (vectorised) to every entity; returns how many."""
-        n = len(self._b_t)
+        n = len(self._buf) // _W
         if not n:
             return 0
         starts: dict[int, list[str]] = {}
@@ -233,13 +231,13 @@ class OnlineFeatures:
                 starts.setdefault(done, []).append(entity)
         for start, entities in starts.items():
             self._apply_columns(self._buffer_columns(start), entities)
-        self.watermark = max(self.watermark, max(self._b_t))
+        self.watermark = max(self.watermark, max(self._buf[2::_W]))
         self.n_events += n
         self._new_buffer()
         return n
 
     def _flush_entity(self, entity: str) -> None:
-        start, n = self._applied[entity], len(self._b_t)
+        start, n = self._applied[entity], len(self._buf) // _W
         if start < n:
             self._apply_columns(self._buffer_columns(start), [entity])
             self._applied[entity] = n
@@ -325,7 +323,7 @@ class OnlineFeatures:
 
     def _sessions(self, cols: dict[str, Any], user_rows: np.ndarray, code: np.ndarray) -> None:
         sess = cols["session_id"]
-        has = np.fromiter((s is not None for s in sess), dtype=bool, count=len(sess))
+        has = np.fromiter(map(is_not, sess, repeat(None, len(sess))), dtype=bool, count=len(sess))
         if not has.any():
             return
         idx = np.flatnonzero(has)
@@ -368,7 +366,8 @@ class OnlineFeatures:
         ok = rows >= 0
         all_ok = bool(ok.all())
         r = rows if all_ok else np.where(ok, rows, 0)
-        t = np.broadcast_to(np.asarray(t, dtype=np.float64), rows.shape)
+        if not (isinstance(t, np.ndarray) and t.dtype == np.float64 and t.shape == rows.shape):
+            t = np.broadcast_to(np.asarray(t, dtype=np.float64), rows.shape)
         out: dict[str, np.ndarray] = {}
         if p.tot:
             tot = c["__tot"][r]
@@ -376,12 +375,12 @@ class OnlineFeatures:
                 out[a.name] = tot[:, j]
         if p.max:
             mx = c["__max"][r]
-            mx = np.where(np.isneginf(mx), np.nan, mx)
+            mx = np.where(mx == -np.inf, np.nan, mx)
             for j, a in enumerate(p.max):
                 out[a.name] = mx[:, j]
         if p.dec:
             ref = c["__ref_t"][r]
-            age = np.where(np.isneginf(ref), np.inf, t - ref)
+            age = np.where(ref == -np.inf, np.inf, t - ref)
             dec = np.where(np.isinf(age)[:, None], 0.0, c["__dec"][r] * np.exp2(-age[:, None] / p.dec_h))
             for j, a in enumerate(p.dec):
                 out[a.name] = dec[:, j]
@@ -410,8 +409,13 @@ class OnlineFeatures:
 
     def read_user(self, user_id: str, t: float) -> dict[str, float]:
         """A user's full feature vector as of ``t`` (name -> value)."""
-        vals = self.read("user", [user_id], t)
-        return {k: float(v[0]) for k, v in vals.items()}
+        if user_id in self._pending_users:
+            self._flush_entity("user")
+        row = self.tables["user"].index.get(user_id, -1)
+        tt = np.full(1, t, dtype=np.float64)
+        vals = evaluate(self.fs, "user", self._accumulators("user", np.full(1, row, dtype=np.int64), tt), tt,
+                        self.params)
+        return dict(zip(vals, np.concatenate(list(vals.values())).tolist()))
 
     # ------------------------------------------------------------ erase / persist
 

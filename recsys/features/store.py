@@ -5,6 +5,7 @@ entity plus ``sessions.parquet`` and ``meta.json``, written as one atomic folder
 from __future__ import annotations
 
 import json
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,24 @@ class Table:
         """Row of each key, adding unseen keys (one dict lookup per key; a new key
         takes a freed row or the next one). ``new`` (bool, len(keys)), when given,
         is set where the key was not in the table before this call."""
-        get = self.index.get
-        out = np.fromiter([get(k, -1) for k in keys], dtype=np.int64, count=len(keys))
+        out = np.fromiter(map(self.index.get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys))
         missing = np.flatnonzero(out < 0)
         if new is not None:
             new[:] = out < 0
-        if len(missing):
+        if len(missing) and not self.free:
+            # no freed rows: the new keys take the next rows in order of first
+            # appearance (what the loop below assigns), in bulk
+            index, all_keys = self.index, self.keys
+            get = keys.__getitem__
+            miss = list(map(get, missing.tolist())) if len(missing) < len(keys) else list(keys)
+            fresh = dict.fromkeys(miss)
+            base = len(all_keys)
+            fresh = dict(zip(fresh, range(base, base + len(fresh))))
+            index.update(fresh)
+            all_keys.extend(fresh)
+            out[missing] = np.fromiter(map(fresh.__getitem__, miss), dtype=np.int64, count=len(miss))
+            self.ensure(len(all_keys))
+        elif len(missing):
             index, free, all_keys = self.index, self.free, self.keys
             for i in missing.tolist():
                 k = keys[i]
@@ -66,8 +79,7 @@ class Table:
 
     def find(self, keys: list[Any]) -> np.ndarray:
         """Row of each key, -1 when unknown (never adds)."""
-        g = self.index.get
-        return np.fromiter((g(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        return np.fromiter(map(self.index.get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys))
 
     def ensure(self, n: int) -> None:
         cap = self.capacity
