@@ -78,18 +78,25 @@ class TwoTowerModule(SequentialRecModule):
         mask_own_positives: do not use a user's own training positives as its negatives.
         id_dropout: probability that an item's hashed id is hidden in a training step, so the
             item tower also learns to embed items from features alone (cold start).
+        user_id_dropout: probability that a training row's hashed user id is hidden, so the user
+            tower also learns to embed users from features and history alone (users without an
+            id: first seen after training, e.g. a temporal test window).
     """
 
     def __init__(self, net: TwoTower, optimizer: Callable, scheduler: Callable | None = None,
                  temperature: float = 0.1, logq: bool = True, n_uniform_negatives: int = 0,
-                 mask_own_positives: bool = True, id_dropout: float = 0.0, ks: Sequence[int] = (5, 10, 20),
+                 mask_own_positives: bool = True, id_dropout: float = 0.0, user_id_dropout: float = 0.0,
+                 ks: Sequence[int] = (5, 10, 20),
                  exclude_history: bool = True, top_k: int = 10, seed: int = 0):
         super().__init__(net=net, loss=nn.Identity(), optimizer=optimizer, scheduler=scheduler, ks=ks,
                          exclude_history=exclude_history, top_k=top_k, seed=seed)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature, self.logq, self.n_uniform = temperature, logq, n_uniform_negatives
-        self.mask_own_positives, self.id_dropout = mask_own_positives, id_dropout
+        for name, v in (("id_dropout", id_dropout), ("user_id_dropout", user_id_dropout)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        self.mask_own_positives, self.id_dropout, self.user_id_dropout = mask_own_positives, id_dropout, user_id_dropout
         self._item_vecs: torch.Tensor | None = None
 
     # ---- data on the device ------------------------------------------------
@@ -136,8 +143,10 @@ class TwoTowerModule(SequentialRecModule):
         hist_v = vecs[inv[: B * L]].view(B, L, -1)
         cand_v = vecs[inv[B * L :]]
         cand_items = torch.cat([pos, neg])
-        u = self.net.user_vectors(c["users"][ID][users], hist, {k: v[users] for k, v in c["users"].items() if k != ID},
-                                  hist_v)
+        uid = c["users"][ID][users]
+        if self.user_id_dropout > 0:
+            uid = uid.masked_fill(torch.rand(B, device=self.device) < self.user_id_dropout, 0)
+        u = self.net.user_vectors(uid, hist, {k: v[users] for k, v in c["users"].items() if k != ID}, hist_v)
         target = torch.arange(B, device=self.device)
         log_q = None
         if self.logq:
