@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsys.features import batch
+from recsys.features import asof, batch
 from recsys.features.definitions import ENTITIES, build_feature_set
 from recsys.features.online import OnlineFeatures
 
@@ -64,19 +64,19 @@ def check_all_paths(ev: pl.DataFrame, queries: list[float], batch_sizes: int) ->
             per_event.ingest_event(row)
         for entity, df in snap.items():
             keys = df.select(ENTITIES[entity])
-            asof = batch.asof_features(lf, fs, entity, keys.with_columns(timestamp=pl.lit(q)), params)
+            past = asof.asof_features(lf, fs, entity, keys.with_columns(timestamp=pl.lit(q)), params)
             onl = online.read(entity, _keys(df, entity), q)
             pev = per_event.read(entity, _keys(df, entity), q)
             names = [f.name for f in fs.entity_features(entity)]
-            assert set(onl) == set(names) == set(asof) == set(pev)
+            assert set(onl) == set(names) == set(past) == set(pev)
             for name in names:
                 _assert_close(onl[name], df[name].to_numpy(), f"{entity}.{name} online vs snapshot at {q}")
                 _assert_close(pev[name], df[name].to_numpy(), f"{entity}.{name} per-event vs snapshot at {q}")
-                _assert_close(asof[name], df[name].to_numpy(), f"{entity}.{name} as-of vs snapshot at {q}")
+                _assert_close(past[name], df[name].to_numpy(), f"{entity}.{name} as-of vs snapshot at {q}")
                 checked += len(df)
         # an unknown key reads as the defaults, identical to the batch defaults for no events
         unknown = online.read("user", ["nobody"], q)
-        none = batch.asof_features(lf, fs, "user", pl.DataFrame({"user_id": ["nobody"], "timestamp": [q]}), params)
+        none = asof.asof_features(lf, fs, "user", pl.DataFrame({"user_id": ["nobody"], "timestamp": [q]}), params)
         for name in unknown:
             _assert_close(unknown[name], none[name], f"unknown user {name}")
     return checked

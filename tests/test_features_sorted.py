@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsys.features import batch, sorted_pass
+from recsys.features import asof, batch, sorted_pass
 from recsys.features.definitions import ENTITIES, SOURCES, build_feature_set
 from tests.test_features_equality import CFG, _assert_close, _keys, random_events
 
@@ -72,9 +72,9 @@ def test_items_with_several_categories_put_the_category_in_the_key():
     assert sorted_pass.item_category(enc.ids["item_id"], enc.ids["category"], len(enc.dicts["item_id"])) is None
     snap = batch.snapshot(lf, fs, q, None)
     for entity, df in snap.items():
-        asof = batch.asof_features(lf, fs, entity, df.select(ENTITIES[entity]).with_columns(timestamp=pl.lit(q)), None)
-        for name in asof:
-            _assert_close(asof[name], df[name].to_numpy(), f"{entity}.{name}")
+        past = asof.asof_features(lf, fs, entity, df.select(ENTITIES[entity]).with_columns(timestamp=pl.lit(q)), None)
+        for name in past:
+            _assert_close(past[name], df[name].to_numpy(), f"{entity}.{name}")
     assert len(_keys(snap["user_category"], "user_category")) > len(snap["user"])
 
 
@@ -135,15 +135,15 @@ def test_session_counts_match_the_as_of_path(shared):
     small = batch._session_counts(enc, sess, chunk=7)
     whole = batch._session_counts(enc, sess)
     users = batch.snapshot(lf, fs, q, None)["user"]
-    asof = batch.asof_features(lf, fs, "user", users.select("user_id").with_columns(timestamp=pl.lit(q)), None)
+    past = asof.asof_features(lf, fs, "user", users.select("user_id").with_columns(timestamp=pl.lit(q)), None)
     codes = {u: i for i, u in enumerate(enc.dicts["user_id"].to_pylist())}
     idx = np.array([codes[u] for u in users["user_id"].to_list()])
     for a in sess:
         np.testing.assert_array_equal(small[a.name], whole[a.name])
-    _assert_close(users["user_sessions"].to_numpy(), asof["user_sessions"], "sessions")
-    _assert_close(whole["user:session_start:total"][idx], asof["user_sessions"], "session starts")
+    _assert_close(users["user_sessions"].to_numpy(), past["user_sessions"], "sessions")
+    _assert_close(whole["user:session_start:total"][idx], past["user_sessions"], "session starts")
     for name in ("user_abandon_rate", "user_nav_depth"):
-        _assert_close(users[name].to_numpy(), asof[name], name)
+        _assert_close(users[name].to_numpy(), past[name], name)
 
 
 def test_parquet_row_group_path_equals_the_frame_path(tmp_path):

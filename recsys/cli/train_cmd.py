@@ -31,23 +31,10 @@ def fit_sequence_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> dic
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=logger, default_root_dir=str(out))
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("resume"))
-    fit_s = time.perf_counter() - t0
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.validate(module, datamodule=dm, ckpt_path=best or None, verbose=False)
-    trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
-    results = {**module.results.get("val", {}), **module.results.get("test", {})}
-    if "test" in module.top_items:
-        results.update(_beyond(module.top_items["test"], data, split))
-    epochs = trainer.current_epoch
-    out_info = {
-        "metrics": results,
-        "model": f"{type(net).__name__}/{type(module.loss).__name__}",
-        "best_checkpoint": best,
-        "rank": trainer.global_rank,
-        "timings": {"fit_s": fit_s, "epochs": epochs, "s_per_epoch": fit_s / max(epochs, 1)},
-    }
+    from recsys.training.fit_eval import fit_and_evaluate
+
+    out_info = fit_and_evaluate(trainer, module, dm, data, split, ckpt_path=cfg.get("resume"))
+    out_info["model"] = f"{type(net).__name__}/{type(module.loss).__name__}"
     if trainer.global_rank == 0:
         from recsys.training.artifacts import save_model
 
@@ -80,17 +67,6 @@ def fit_two_tower_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> di
 
 #: ``pipeline:`` in the config (set by experiment presets) -> fit function
 PIPELINES = {"sequence": fit_sequence_model, "two_tower": fit_two_tower_model}
-
-
-def _beyond(top: Any, data: Any, split: Any) -> dict[str, float]:
-    import numpy as np
-
-    from recsys.evaluation.beyond import beyond_accuracy
-
-    users, items, _ = split.train_arrays()
-    counts = np.bincount(items, minlength=data.n_items + 1).astype(np.float64)
-    extra = beyond_accuracy(top, data.n_items, counts, len(np.unique(users)), item_category=data.item_codes("category"))
-    return {f"test/{k}": v for k, v in extra.items()}
 
 
 def train(cfg: DictConfig) -> dict:

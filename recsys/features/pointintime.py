@@ -3,7 +3,7 @@
 ``build_training_set(events, examples, feature_set)`` returns the examples with
 one column per behavioural feature, each computed from events strictly before
 the example's ``timestamp`` (strict backward as-of join per entity key, see
-:func:`recsys.features.batch.asof_features`). Fitted parts (empirical-Bayes
+:func:`recsys.features.asof.asof_features`). Fitted parts (empirical-Bayes
 priors, cohort statistics) come from ``params`` or are fitted on the events
 before ``fit_time`` (default: the earliest example), so no value can see an
 event at or after its example's time.
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from recsys.features import batch
+from recsys.features import asof, batch
 from recsys.features.definitions import ENTITIES, FeatureSet, build_feature_set
 from recsys.utils.errors import DataError
 
@@ -48,7 +48,7 @@ def build_training_set(events: Any, examples: Any, feature_set: FeatureSet | Map
     out = ex
     for entity in entities or fs.entities:
         keys = list(ENTITIES[entity])
-        vals = batch.asof_features(lf, fs, entity, ex.select([*keys, time_col]), params, time_col)
+        vals = asof.asof_features(lf, fs, entity, ex.select([*keys, time_col]), params, time_col)
         out = batch.features_frame(fs, entity, out, vals)
     info = {"feature_set": fs.version, "params": params, "fit_time": fit_time,
             "n_features": sum(len(fs.entity_features(e)) for e in (entities or fs.entities))}

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 import polars as pl
 
-from recsys.features import batch
+from recsys.features import asof
 from recsys.features.definitions import ENTITIES, FeatureSet
 from recsys.utils.errors import DataError
 
@@ -27,7 +27,7 @@ def skew_report(logged: pl.DataFrame, events: Any, fs: FeatureSet, params: Mappi
     names = [f.name for f in fs.entity_features(entity) if f.name in logged.columns]
     if not names:
         raise DataError(label, f"no {entity} feature columns of feature set {fs.version}")
-    offline = batch.asof_features(events, fs, entity, logged.select([*keys, time_col]), params, time_col)
+    offline = asof.asof_features(events, fs, entity, logged.select([*keys, time_col]), params, time_col)
     per: dict[str, Any] = {}
     for n in names:
         if n not in offline:

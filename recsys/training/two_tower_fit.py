@@ -7,7 +7,6 @@ and ``embeddings/`` (see :mod:`recsys.training.two_tower_export`).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,8 +16,8 @@ import torch
 
 from recsys.data.prepare import PreparedData
 from recsys.data.splits import Split
-from recsys.evaluation.beyond import beyond_accuracy
 from recsys.models.two_tower import TwoTower
+from recsys.training.fit_eval import fit_and_evaluate
 from recsys.training.seq_data import left_pad
 from recsys.training.two_tower_data import TwoTowerDataModule
 from recsys.training.two_tower_module import TwoTowerModule
@@ -39,25 +38,9 @@ def fit_two_tower(data: PreparedData, split: Split, trainer: L.Trainer, datamodu
     data_args = dm.net_args()
     model = net(**data_args)
     mod = module(net=model)
-    t0 = time.perf_counter()
-    trainer.fit(mod, datamodule=dm, ckpt_path=ckpt_path)
-    fit_s = time.perf_counter() - t0
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.validate(mod, datamodule=dm, ckpt_path=best or None, verbose=False)
-    trainer.test(mod, datamodule=dm, ckpt_path=best or None, verbose=False)
-    metrics = {**mod.results.get("val", {}), **mod.results.get("test", {})}
-    if "test" in mod.top_items:
-        users, items, _ = split.train_arrays()
-        counts = np.bincount(items, minlength=data.n_items + 1).astype(np.float64)
-        cats = data.item_codes(category_column) if category_column else None
-        extra = beyond_accuracy(mod.top_items["test"], data.n_items, counts, len(np.unique(users)), item_category=cats)
-        metrics.update({f"test/{k}": v for k, v in extra.items()})
-    epochs = trainer.current_epoch
-    info: dict[str, Any] = {
-        "metrics": metrics, "model": "TwoTower", "best_checkpoint": best, "rank": trainer.global_rank,
-        "timings": {"fit_s": fit_s, "epochs": epochs, "s_per_epoch": fit_s / max(epochs, 1)},
-        "module": mod, "datamodule": dm,
-    }
+    info: dict[str, Any] = fit_and_evaluate(trainer, mod, dm, data, split, ckpt_path=ckpt_path,
+                                            category_column=category_column)
+    info.update({"model": "TwoTower", "module": mod, "datamodule": dm})
     if out is not None and trainer.global_rank == 0:
         from recsys.training.artifacts import save_model
 
