@@ -49,7 +49,7 @@ def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, 
     from recsys.data.synthetic import SyntheticConfig, generate_world
     from recsys.features.ranker import build_ranker_features
     from recsys.models.rankers import DCNv2
-    from recsys.training.artifacts import save_model
+    from recsys.artifacts.models import save_model, seal_model_dir
     from recsys.training.ranker_data import time_split, to_tensors
     from recsys.utils.io import write_json_atomic
 
@@ -75,5 +75,6 @@ def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, 
         "feature_set_version": table.version, "inputs": net.input_names,
         "categorical": list(table.vocab_sizes), "dense": table.dense, "vocab_sizes": table.vocab_sizes})
     save_parity_rows(table.take(splits["test"]), n_parity_rows, model_dir / "parity_rows.safetensors")
+    seal_model_dir(model_dir)
     write_json_atomic(run_dir / "summary.json", {"data": {"fingerprint": "tiny-world"}, "test/auc": float(np.nan)})
     return run_dir

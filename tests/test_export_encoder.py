@@ -135,7 +135,7 @@ def test_tampered_truncated_and_wrong_kind_bundles_are_refused(bundle, tmp_path)
     data = bytearray(table.read_bytes())
     data[-3] ^= 0xFF
     table.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="item_embeddings.npy: sha256 mismatch"):
+    with pytest.raises(BundleError, match="item_embeddings.npy: sha256 differs"):
         QueryEncoderRuntime(d)
     shutil.copy(bundle / "item_embeddings.npy", table)
     model = d / "query_encoder.onnx"
@@ -181,10 +181,12 @@ def test_failed_parity_leaves_nothing(seq_run, tmp_path, monkeypatch):
     assert list((tmp_path / "e").iterdir()) == []  # no bundle, no temp folder
 
 
-def test_unregistered_model_class_is_refused(tmp_path):
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model_args.json").write_text(json.dumps(
-        {"model_args": {"_target_": "recsys.models.gru4rec.Nope"}, "weights_sha256": "0"}))
+def test_model_class_without_export_is_refused(tmp_path):
+    from recsys.artifacts.models import save_model
+    from recsys.models.mf import MatrixFactorization
+
+    save_model(MatrixFactorization(n_users=3, n_items=4, dim=2), {"n_users": 3, "n_items": 4, "dim": 2},
+               tmp_path / "model")
     with pytest.raises(ExportError, match="has no export"):
         onnx_encoder.bundle_kind(tmp_path / "model")
 

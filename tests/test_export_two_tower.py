@@ -136,7 +136,7 @@ def test_tampered_bundle_is_refused(bundle, tmp_path):
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="query_encoder.onnx: sha256 mismatch"):
+    with pytest.raises(BundleError, match="query_encoder.onnx: sha256 differs"):
         QueryEncoderRuntime(d)
     shutil.copy(bundle / "query_encoder.onnx", model)
     m = json.loads((d / "manifest.json").read_text())

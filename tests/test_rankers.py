@@ -50,7 +50,7 @@ def test_save_rebuild_round_trip_gives_the_same_scores(make, tmp_path):
     """model_args.json is written with sorted keys: the rebuilt net must not
     depend on the order of ``vocab_sizes``."""
     from recsys.export.onnx_ranker import rebuild_net
-    from recsys.training.artifacts import load_model, save_model
+    from recsys.artifacts.models import load_model, save_model
 
     torch.manual_seed(0)
     net = make({"user": 11, "position": 5, "item": 21}).eval()  # not sorted

@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
+from recsys.artifacts.errors import BundleError
 from recsys.retrieval.build import IndexSpec, auto_nlist, build_bundle, build_index, exact_search, recall_at_k
 from recsys.retrieval.bundle import IndexBundle, normalize_rows
 from recsys.retrieval.clustered import clustered_embeddings, clustered_queries
@@ -269,7 +270,7 @@ def test_bad_inputs_give_clear_errors(hnsw_bundle, tmp_path):
         b.search(np.zeros((2, 8), np.float32))
     with pytest.raises(DataError, match="k=0: must be >= 1"):
         b.search(np.zeros((1, DIM), np.float32), 0)
-    with pytest.raises(DataError, match="no such index bundle"):
+    with pytest.raises(BundleError, match="no such bundle folder"):
         IndexBundle(tmp_path / "missing")
     # missing, truncated and modified files
     for damage, phrase in [("delete", "listed in the manifest but missing"),
@@ -285,7 +286,7 @@ def test_bad_inputs_give_clear_errors(hnsw_bundle, tmp_path):
             data = bytearray(f.read_bytes())
             data[500] ^= 0xFF
             f.write_bytes(bytes(data))
-        with pytest.raises(DataError, match=rf"index.faiss: .*{phrase}"):
+        with pytest.raises(BundleError, match=rf"index.faiss: .*{phrase}"):
             IndexBundle(c)
 
 
@@ -295,7 +296,7 @@ def test_modified_manifest_refused_and_version_pairing(hnsw_bundle, run_dir, tmp
     import json
     import shutil
 
-    from recsys.serving.bundle import BundleError, check_pairing
+    from recsys.serving.bundle import check_pairing
 
     out, _ = hnsw_bundle
     c = tmp_path / "edited"
@@ -303,21 +304,24 @@ def test_modified_manifest_refused_and_version_pairing(hnsw_bundle, run_dir, tmp
     m = json.loads((c / "manifest.json").read_text())
     m["recall@10"] = 1.0
     (c / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(DataError, match="sha256 does not match manifest.sha256"):
+    with pytest.raises(BundleError, match="sha256 does not match manifest.sha256"):
         IndexBundle(c)
     (c / "manifest.sha256").unlink()
-    with pytest.raises(DataError, match="no manifest.sha256"):
+    with pytest.raises(BundleError, match="no manifest.sha256"):
         IndexBundle(c)
     # a run directory with a model: the index declares "<class>/<weights sha[:16]>"
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    (run / "model").mkdir()
-    (run / "model" / "model_args.json").write_text(json.dumps(
-        {"model_args": {"_target_": "recsys.models.sequential.SASRec"}, "weights_sha256": "ab" * 32}))
+    from recsys.artifacts.models import save_model
+    from recsys.models.sequential import SASRec
+
+    args = {"n_items": 5, "hidden": 8, "n_layers": 1, "n_heads": 1, "max_len": 4}
+    save_model(SASRec(**args), args, run / "model")
+    sha = json.loads((run / "model" / "model_args.json").read_text())["weights_sha256"]
     b = build_bundle(run, tmp_path / "versioned", SPECS["flat"])
-    assert b["embedding_version"] == "SASRec/" + "ab" * 8
-    ranker = {"compatible_embedding_versions": ["SASRec/" + "ab" * 8]}
-    assert check_pairing(ranker, "ranker", tmp_path / "versioned") == "SASRec/" + "ab" * 8
+    assert b["embedding_version"] == "SASRec/" + sha[:16]
+    ranker = {"compatible_embedding_versions": ["SASRec/" + sha[:16]]}
+    assert check_pairing(ranker, "ranker", tmp_path / "versioned") == "SASRec/" + sha[:16]
     with pytest.raises(BundleError, match=r"compatible with embedding versions \['SASRec/0+'\].*declares embedding_version"):
         check_pairing({"compatible_embedding_versions": ["SASRec/" + "0" * 16]}, "ranker", tmp_path / "versioned")
 
@@ -439,7 +443,7 @@ def test_cli_query_errors_exit_2_one_line(tmp_path, hnsw_bundle, args, phrase):
 
 def test_cli_missing_bundle_exit_2(tmp_path):
     r = run("index", "query", f"bundle={tmp_path / 'none'}", "user=u1", f"hydra.run.dir={tmp_path / 'q'}", cwd=tmp_path)
-    assert r.returncode == 2 and "no such index bundle directory" in r.stderr
+    assert r.returncode == 2 and "no such bundle folder" in r.stderr
 
 
 def test_cli_bench_small(tmp_path):

@@ -121,7 +121,7 @@ def test_tampered_and_truncated_models_are_refused(bundle, tmp_path):
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="sha256 mismatch"):
+    with pytest.raises(BundleError, match="sha256 differs"):
         RankerRuntime(d)
     model.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(BundleError, match="truncated"):

@@ -18,7 +18,7 @@ from recsys.data.synthetic_source import SyntheticLoader
 from recsys.evaluation.ranking import evaluate_ranking
 from recsys.models.baselines import Popularity, RandomScores
 from recsys.models.two_tower import ID, TwoTower
-from recsys.training.artifacts import load_model
+from recsys.artifacts.models import load_model
 from recsys.training.baselines import EvalOptions, evaluate_split
 from recsys.training.cold_start import CategoryPopularity, cold_start_split, evaluate_cold, item_category_lists
 from recsys.training.two_tower_data import FeatureTable, TwoTowerDataModule, history_matrix

@@ -46,7 +46,7 @@ def _ranker_stage(cfg: DictConfig, data, split, out: Path, stage: str) -> dict:
     from recsys.export.onnx_ranker import export_ranker, rebuild_net, torch_scores
     from recsys.models.rankers import DCNv2
     from recsys.serving.ranker import RankerRuntime
-    from recsys.training.artifacts import save_model
+    from recsys.artifacts.models import save_model, seal_model_dir
     from recsys.training.ranker_data import RankerDataModule
     from recsys.training.ranker_metrics import slate_ndcg
     from recsys.training.ranker_module import RankerModule
@@ -85,6 +85,7 @@ def _ranker_stage(cfg: DictConfig, data, split, out: Path, stage: str) -> dict:
         "feature_set_version": dm.table.version, "inputs": net.input_names, "categorical": list(dm.table.vocab_sizes),
         "dense": dm.table.dense, "vocab_sizes": dm.table.vocab_sizes})
     save_parity_rows(test, 2000, rank_run / "model" / "parity_rows.safetensors")
+    seal_model_dir(rank_run / "model")
     write_json_atomic(rank_run / "summary.json", {"data": {"fingerprint": data.fingerprint},
                                                   "test/auc": info["test_auc"], "bayes_auc": bayes})
     encoder = None

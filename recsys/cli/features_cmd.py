@@ -22,8 +22,8 @@ def _events_frame(cfg: DictConfig):
     """The events (and items) a command reads: ``events=`` or the synthetic world."""
     import polars as pl
 
-    if cfg.get("events"):
-        return str(cfg.events), (str(cfg.items) if cfg.get("items") else None)
+    if cfg.get("events"):  # cfg["items"]: ``cfg.items`` is DictConfig's own items() method
+        return str(cfg.events), (str(cfg["items"]) if cfg.get("items") else None)
     world = instantiate(cfg.data.loader).load().extras["world"]
     return pl.from_arrow(world.events), pl.from_arrow(world.items).select("item_id", "category")
 
@@ -54,8 +54,14 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     frames, params = batch.snapshot_and_params(lf, fs, as_of, "fit", label=label)
     out = Path(str(cfg.out))
     files = batch.write_features(frames, out)
+    # settings: everything `recsys data erase` needs to rebuild these very features
+    settings = {"events": label, "items": str(Path(items).resolve()) if isinstance(items, str) else (
+                    None if items is None else "<synthetic items>"),
+                "resolve_identities": identity is not None, "ttl": cfg.ttl, "as_of": as_of,
+                "as_of_given": cfg.as_of is not None, "params": "fit"}
     manifest = {"feature_set": fs.version, "as_of": as_of, "ttl": cfg.ttl, "params": params,
-                "events": label, "rows": {e: f.height for e, f in frames.items()}, "files": files,
+                "events": label, "settings": settings,
+                "rows": {e: f.height for e, f in frames.items()}, "files": files,
                 "definitions": fs.describe(), "identity": identity,
                 "config": OmegaConf.to_container(cfg.features, resolve=True)}
     write_json_atomic(out / "manifest.json", manifest)
@@ -137,7 +143,7 @@ def skew(cfg: DictConfig) -> dict[str, Any]:
             raise DataError(p, "no such file")
         manifest = json.loads(p.read_text())
         params = manifest.get("params", manifest)
-    lf = batch.scan_events(str(cfg.events), items=str(cfg.items) if cfg.get("items") else None)
+    lf = batch.scan_events(str(cfg.events), items=str(cfg["items"]) if cfg.get("items") else None)
     res = skew_report(logged, lf, fs, params, str(cfg.entity), rtol=float(cfg.rtol), atol=float(cfg.atol),
                       label=str(cfg.logged))
     for name, r in res["features"].items():
@@ -148,59 +154,71 @@ def skew(cfg: DictConfig) -> dict[str, Any]:
     return res
 
 
-def erase(cfg: DictConfig) -> dict[str, Any]:
-    from recsys.features import batch
-    from recsys.features.online import OnlineFeatures
-    from recsys.features.retention import erase_user_events
-    from recsys.utils.io import write_json_atomic
+def _paths(value: Any) -> list[str]:
+    """A path or a list of paths from a config value (``run=a`` or ``run=[a,b]``)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return [str(v) for v in value]
+    return [str(value)]
 
-    user = str(cfg.user_id)
-    fs = _feature_set(cfg)
-    res: dict[str, Any] = {"user_id": user, **erase_user_events(str(cfg.events), user)}
-    lf = batch.scan_events(str(cfg.events))
-    if cfg.get("features_dir"):
-        fdir = Path(str(cfg.features_dir))
-        mpath = fdir / "manifest.json"
-        if not mpath.is_file():
-            raise DataError(mpath, "no such file (features_dir= must be a `features build` output folder)")
-        manifest = json.loads(mpath.read_text())
-        frames, params = batch.snapshot_and_params(lf, fs, float(manifest["as_of"]), "fit")
-        batch.write_features(frames, fdir)
-        manifest.update(params=params, rows={e: f.height for e, f in frames.items()}, erased=True)
-        write_json_atomic(mpath, manifest)
-        res["features_rebuilt"] = manifest["rows"]
-    if cfg.get("online_state"):
-        sdir = Path(str(cfg.online_state))
-        old = OnlineFeatures.load(sdir, fs)
-        online = OnlineFeatures(fs, old.params)
-        ordered = lf.sort("timestamp", maintain_order=True).collect()
-        for s in range(0, ordered.height, 8192):
-            online.update(ordered.slice(s, 8192))
-        online.save(sdir)
-        res["online_state_rebuilt"] = {e: len(t) for e, t in online.tables.items()}
-    res["remaining"] = find_user(user, [str(cfg.events), *( [str(cfg.features_dir)] if cfg.get("features_dir") else []),
-                                        *([str(cfg.online_state)] if cfg.get("online_state") else [])])
-    if res["remaining"]:
-        raise DataError(res["remaining"][0], f"user {user!r} still present after erasure")
-    print(f"erased user {user!r}: {res['events_removed']} events removed; nothing of the user remains")
-    path = write_summary(cfg, {"command": "data erase", **res})
+
+def _override_text(key: str) -> str | None:
+    """The text of ``key=...`` as typed on the command line (None outside Hydra or when not given)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not running under Hydra (library call, tests)
+        return None
+    for o in overrides:
+        if o.lstrip("+~").startswith(key + "="):
+            return o.split("=", 1)[1]
+    return None
+
+
+def erase_user_id(cfg: DictConfig) -> str:
+    """The user id exactly as typed: a string, never a number. Hydra reads
+    ``user_id=1_0`` as the int 10 and ``user_id=1e3`` as 1000.0; an id that the
+    parser changed is refused (one line, exit 2) instead of erasing someone else."""
+    value = cfg.get("user_id")
+    if value is None or value == "":
+        raise DataError(None, "user_id= is required (the id as it appears in the events' user_id column)")
+    text = _override_text("user_id")
+    if text is not None:
+        typed = text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+        if typed != str(value) or not isinstance(value, str):
+            raise DataError(None, f"user_id={text} was read as {value!r} ({type(value).__name__}), not the id "
+                                  f"as typed: quote it, e.g. user_id=\"'{typed}'\" (nothing erased)")
+    if not isinstance(value, str):  # from a config file: ids are strings, refuse a parsed number
+        raise DataError(None, f"user_id {value!r} is a {type(value).__name__}: user ids are strings, quote it")
+    return value
+
+
+def erase(cfg: DictConfig) -> dict[str, Any]:
+    from recsys.features.erasure import Targets, erase_user, report_lines, verify_erased
+
+    user = erase_user_id(cfg)
+    targets = Targets(events=str(cfg.events), features_dir=cfg.get("features_dir"),
+                      online_state=cfg.get("online_state"), runs=_paths(cfg.get("run")),
+                      indexes=_paths(cfg.get("index_bundle")), cache_dir=cfg.get("cache_dir"),
+                      items=str(cfg["items"]) if cfg.get("items") else None)
+    verify = bool(cfg.get("verify", False))
+    res = verify_erased(user, targets) if verify else erase_user(user, targets)
+    for line in report_lines(res, verify=verify):
+        print(line)
+    path = write_summary(cfg, {"command": "data erase --verify" if verify else "data erase", **res})
     print(f"summary: {path}")
+    if verify and res["traces"]:
+        first = res["traces"][0]
+        raise DataError(first["path"], f"{len(res['traces'])} traces of user {user!r} remain "
+                                       f"(first: column {first['column']})")
     return res
 
 
 def find_user(user: str, paths: list[str]) -> list[str]:
-    """``file:column`` for every Parquet file under ``paths`` whose user columns
-    (``user_id``, ``raw_user_id``; entity keys and state tables use these names)
-    still hold ``user``."""
-    import polars as pl
+    """``file:column`` for every file under ``paths`` that still holds ``user``
+    (user columns of Parquet files, ``*user*.npy`` id arrays)."""
+    from recsys.features.erasure import Trace, scan
 
-    hits = []
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
-    for f in files:
-        df = pl.read_parquet(f)
-        for c, dt in df.schema.items():
-            if c in ("user_id", "raw_user_id") and (df[c].cast(pl.String) == user).any():
-                hits.append(f"{f}:{c}")
-    return hits
+    return [f"{h['path']}:{h['column']}" for h in scan([Path(p) for p in paths], Trace({str(user)}))]

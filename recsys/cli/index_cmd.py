@@ -20,9 +20,10 @@ KNOBS = ("nprobe", "efSearch", "k_factor_rf")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # not its CPU-feature probing on every run
 
 
-def _bundle_dir(cfg: DictConfig, name: str) -> Path:
-    p = Path(name)
-    return p if (p / "manifest.json").is_file() or p.is_absolute() or len(p.parts) > 1 else Path(cfg.paths.export_dir) / name
+def _bundle_dir(cfg: DictConfig, ref: str) -> Path:
+    from recsys.artifacts.bundle import resolve_bundle_ref
+
+    return resolve_bundle_ref(ref, cfg.paths.export_dir)
 
 
 def _knobs(cfg: DictConfig) -> dict[str, Any]:
@@ -37,13 +38,18 @@ def _threads(cfg: DictConfig) -> None:
 
 
 def build(cfg: DictConfig) -> dict:
+    from recsys.artifacts.bundle import INDEX_FORMAT, bundle_name, check_output_target
     from recsys.retrieval.build import build_bundle
 
     _threads(cfg)
     spec = instantiate(cfg.index)
-    out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.export_dir) / str(cfg.name)
+    if not cfg.get("out") and not cfg.get("name"):
+        raise RecsysError("name is required, e.g. recsys index build source=<run dir> name=<bundle> (or out=<dir>)")
+    out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.export_dir) / bundle_name(cfg.name)
+    overwrite = bool(cfg.get("overwrite", False))
+    check_output_target(out, format=INDEX_FORMAT, kind="index", overwrite=overwrite)  # before the build's work
     m = build_bundle(cfg.source, out, spec, metric=cfg.get("metric"), backend=str(cfg.backend),
-                     recall_queries=int(cfg.recall_queries), seed=int(cfg.seed))
+                     recall_queries=int(cfg.recall_queries), seed=int(cfg.seed), overwrite=overwrite)
     print(f"built {m['index_spec']['factory']} ({m['metric']}) over {m['n_items']} items x {m['dim']} "
           f"in {m['build_s']:.1f}s on {m['build_backend']}: recall@10 {m['recall@10']:.4f} vs exact "
           f"({m['recall_queries']['n']} {m['recall_queries']['source']}), "

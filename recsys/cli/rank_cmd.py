@@ -47,7 +47,7 @@ def _check_rebuild(net: Any, model_dir: Path, table: Any, n: int) -> None:
     """The net rebuilt from ``model_dir`` must score ``n`` rows exactly like the evaluated one."""
     import torch
 
-    from recsys.training.artifacts import load_model
+    from recsys.artifacts.models import load_model
 
     rows = {k: torch.from_numpy(np.ascontiguousarray(v[:n])) for k, v in table.features.items()
             if k in net.input_names}
@@ -107,7 +107,7 @@ def train(cfg: DictConfig) -> dict:
 
     from recsys.data.synthetic_source import load_world
     from recsys.evaluation.binary import binary_metrics, roc_auc
-    from recsys.training.artifacts import save_model
+    from recsys.artifacts.models import save_model, seal_model_dir
     from recsys.training.ranker_data import RankerDataModule, position_popularity_baseline
     from recsys.training.ranker_metrics import reliability_plot
     from recsys.training.ranker_module import RankerModule
@@ -184,6 +184,7 @@ def train(cfg: DictConfig) -> dict:
         "feature_set_version": table.version, "inputs": net.input_names,
         "categorical": list(table.vocab_sizes), "dense": table.dense, "vocab_sizes": table.vocab_sizes})
     n_rows = save_parity_rows(test, int(cfg.parity_rows), model_dir / "parity_rows.safetensors")
+    seal_model_dir(model_dir)
     _check_rebuild(module.net, model_dir, test, n_rows)
     artifacts.update(features=str(model_dir / "features.json"),
                      parity_rows=str(model_dir / "parity_rows.safetensors"), parity_rows_n=n_rows)

@@ -4,7 +4,16 @@ evaluation -> run directory (checkpoints/, model/, summary.json).
 
 The config's ``pipeline`` key (set by experiment presets) chooses the fit
 function: ``sequence`` (default: SASRec, BERT4Rec, GRU4Rec) or ``two_tower``
-(which also writes ``embeddings/`` for the retrieval index)."""
+(which also writes ``embeddings/`` for the retrieval index).
+
+``resume=<path>`` is checked before any data is prepared
+(:func:`recsys.training.checkpoints.verify_checkpoint`): a local file only (URLs are
+refused), with a matching ``<name>.ckpt.sha256`` sidecar (written beside every
+checkpoint a run saves), loadable with ``weights_only=True``. ``summary.json``'s
+``timings`` report ``epochs_run`` (epochs trained by this command) and
+``epochs_total`` (including the epochs of the checkpoint it resumed from;
+``resumed_from`` names that checkpoint and its digest). A run that trains zero
+optimizer steps (no training batches) fails instead of writing a summary."""
 from __future__ import annotations
 
 import time
@@ -36,7 +45,7 @@ def fit_sequence_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> dic
     out_info = fit_and_evaluate(trainer, module, dm, data, split, ckpt_path=cfg.get("resume"))
     out_info["model"] = f"{type(net).__name__}/{type(module.loss).__name__}"
     if trainer.global_rank == 0:
-        from recsys.training.artifacts import save_model
+        from recsys.artifacts.models import save_model
 
         net_args.pop("_target_", None)
         out_info["artifacts"] = save_model(module.net, {**net_args, "n_items": data.n_items}, out / "model")
@@ -75,6 +84,10 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     t0 = time.perf_counter()
+    if cfg.get("resume") is not None:  # before the (possibly long) data preparation
+        from recsys.training.checkpoints import verify_checkpoint
+
+        verify_checkpoint(cfg.resume, "resume")
     data, prep_s = load_data(cfg)
     split = instantiate(cfg.split).split(data)
     pipeline = cfg.get("pipeline") or "sequence"
@@ -90,6 +103,7 @@ def train(cfg: DictConfig) -> dict:
     print(format_table({info["model"]: results}, TABLE))
     path = write_summary(cfg, {"command": "train", "model": info["model"], **results,
                                "best_checkpoint": info["best_checkpoint"], "artifacts": info["artifacts"],
+                               "resumed_from": info.get("resumed_from"),
                                "data": data_lineage(data), "split": split.info, "timings": timings})
     print(f"summary: {path}")
     return results

@@ -75,6 +75,9 @@ def bench_bundle(bundle_dir: str | Path, rows: dict[str, np.ndarray], net: Any =
             out["torch_batch1_p50_ms"], out["onnx_batch1_p50_ms"] = float(np.median(t_ms)), float(np.median(o_ms))
             out["onnx_speedup_vs_torch_batch1"] = float(np.median(t_ms) / np.median(o_ms))
             t_big = time_calls(lambda r: torch_scores(net, r), big, warmup=5)
+            # parity measured now, on this run's requests (not the figure stored at export)
+            out["parity_max_abs_diff"] = max(float(np.abs(torch_scores(net, r).astype(np.float64)
+                                                          - ort_fn(r)).max()) for r in big[:5])
             out["torch_throughput_rows_per_s"] = {str(throughput_batch): float(throughput_batch / (np.median(t_big) / 1e3))}
         finally:
             torch.set_num_threads(threads)
@@ -126,15 +129,15 @@ def bench_encoder(bundle_dir: str | Path, module: Any = None, batch_sizes: Seque
     Multi-input encoders (the two-tower user tower): each side input of the
     manifest gets ids drawn uniformly from ``[0, vocab_size)`` per user, and the
     torch ``module`` is called as ``module(items, *side)``."""
-    import json
-
     import torch
 
     from recsys.export.onnx_encoder import onnx_states, top_k_excluding
     from recsys.export.onnx_ranker import onnx_session
 
     bundle_dir = Path(bundle_dir)
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    from recsys.artifacts.bundle import EXPORT_FORMAT, verify_bundle
+
+    manifest = verify_bundle(bundle_dir, format=EXPORT_FORMAT, kind="query_encoder")
     spec, side_specs = manifest["inputs"][0], manifest["inputs"][1:]
     seq_len = int(seq_len or spec.get("max_len") or 50)
     table = np.load(bundle_dir / manifest["item_embeddings"]["file"], allow_pickle=False)
@@ -164,6 +167,8 @@ def bench_encoder(bundle_dir: str | Path, module: Any = None, batch_sizes: Seque
                         return module(torch.from_numpy(r[0]), *(torch.from_numpy(v) for v in r[1].values()))
 
                 t_ms = time_calls(torch_fn, reqs, warmup=5)
+                diff = max(float(np.abs(torch_fn(r).numpy().astype(np.float64) - ort_fn(r)).max()) for r in reqs[:5])
+                out["parity_max_abs_diff"] = max(out.get("parity_max_abs_diff", 0.0), diff)
                 row["torch_p50_ms"], row["torch_p99_ms"] = float(np.median(t_ms)), float(np.percentile(t_ms, 99))
                 row["torch_over_onnx_p50"] = row["torch_p50_ms"] / row["onnx_p50_ms"]
                 row["faster"] = "onnxruntime" if row["torch_over_onnx_p50"] > 1 else "torch"

@@ -43,17 +43,20 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from recsys.export.onnx_ranker import (MANIFEST_FORMAT, OPSET, ExportError, finalize_bundle_permissions,
-                                       onnx_session, rebuild_net, write_manifest)
-from recsys.utils.io import atomic_dir, sha256_file
+from recsys.artifacts import models
+from recsys.artifacts.bundle import EXPORT_FORMAT, write_bundle
+from recsys.export.adapters import BoundEncoder, EncoderData, QueryEncoderAdapter, SideInput  # noqa: F401
+from recsys.export.encoders import ENCODERS
+from recsys.export.errors import ExportError
+from recsys.export.onnx_ranker import OPSET, onnx_session, rebuild_net
+from recsys.utils.io import sha256_file
 from recsys.utils.lineage import git_commit, versions
 from recsys.utils.sparse import CSR
 
@@ -64,111 +67,16 @@ PARITY_LENGTHS = (1, 5, 17, 50)
 MIN_TOPK_AGREEMENT = 0.999
 
 
-@dataclass(frozen=True)
-class SideInput:
-    """A per-user ONNX input besides ``items``: ``(batch,)`` int64 in ``[0, vocab_size)``
-    (0 = unknown / missing). ``spec`` holds extra manifest fields (kind, hash rule, vocabulary)."""
-
-    name: str
-    vocab_size: int
-    spec: dict[str, Any] = field(default_factory=dict)
-
-    def manifest(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": "int64", "shape": ["batch"], "vocab_size": int(self.vocab_size),
-                **self.spec}
-
-
-@dataclass(frozen=True)
-class BoundEncoder:
-    """What is exported: ``module(items, *side)`` (side inputs in ``side_inputs``
-    order) -> ``(B, D)``, the ``(n_items + 1, D)`` item table, the longest input."""
-
-    module: nn.Module
-    table: torch.Tensor
-    max_len: int | None
-    side_inputs: tuple[SideInput, ...] = ()
-    scoring: str = "dot"
-
-
-@dataclass(frozen=True)
-class EncoderData:
-    """Real users for the parity check: ``histories`` (CSR of item ids, time order),
-    ``side`` ``{input name: (n_rows,) int64}`` aligned with them, the ``context``
-    ``bind`` needs (e.g. item feature tensors), and ``population`` (all users of the
-    data: the parity needs ``min(min_users, population)`` users)."""
-
-    histories: CSR
-    side: dict[str, np.ndarray] = field(default_factory=dict)
-    context: Any = None
-    population: int | None = None
-    source: str | None = None
-    fingerprint: str | None = None
-
-
-@dataclass(frozen=True)
-class QueryEncoderAdapter:
-    """How to export one model class as a query encoder.
-
-    ``wrap(net)``: an ``nn.Module`` whose ``forward(items)`` maps (B, T) int64
-    left-padded item ids to the query state (B, D); ``item_table(net)``: the
-    (n_items + 1, D) table the state is scored against; ``max_len(net)``: the
-    longest input the model accepts (None: unbounded).
-
-    Multi-input encoders set ``bind(net, context) -> BoundEncoder`` (then ``wrap`` /
-    ``item_table`` are not used by the export) and ``parity_data(run_dir, datamodule,
-    data, split, net) -> EncoderData``. ``context`` is ``EncoderData.context`` at export
-    and ``{"item_table": <the bundle's table>}`` when the bench rebuilds the torch side.
-    """
-
-    wrap: Callable[[nn.Module], nn.Module]
-    item_table: Callable[[nn.Module], torch.Tensor]
-    max_len: Callable[[nn.Module], int | None]
-    description: str
-    bind: Callable[[nn.Module, Any], BoundEncoder] | None = None
-    parity_data: Callable[[Path, Any, Any, Any, nn.Module], EncoderData] | None = None
-
-    def bound(self, net: nn.Module, context: Any = None) -> BoundEncoder:
-        if self.bind is not None:
-            return self.bind(net, context)
-        return BoundEncoder(self.wrap(net), self.item_table(net), self.max_len(net))
-
-
-class _NextItemState(nn.Module):
-    """``forward(items) -> net.next_item_state(items)`` (a named single argument for torch.export)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.net.next_item_state(items)  # (B, D)
-
-
-#: model class path (``model_args.json`` ``_target_``) -> adapter
-ENCODERS: dict[str, QueryEncoderAdapter] = {}
-
-
-def register_encoder(class_path: str, adapter: QueryEncoderAdapter) -> None:
-    ENCODERS[class_path] = adapter
-
-
-register_encoder("recsys.models.sequential.SASRec", QueryEncoderAdapter(
-    wrap=_NextItemState, item_table=lambda net: net.output_embeddings(),
-    max_len=lambda net: int(net.max_len),
-    description="SASRec: causal self-attention state after the last item"))
-
-
 def model_class(model_dir: str | Path) -> str:
-    """The ``_target_`` of ``<model_dir>/model_args.json`` (ExportError when absent)."""
-    path = Path(model_dir) / "model_args.json"
-    if not path.is_file():
+    """The verified registry key (``_target_``) of ``<model_dir>`` (see :mod:`recsys.artifacts.models`)."""
+    if not (Path(model_dir) / "model_args.json").is_file():
         raise ExportError(f"{model_dir}: no model_args.json (expected the model/ folder of a training run)")
-    return str(json.loads(path.read_text())["model_args"].get("_target_", ""))
+    return models.model_class(model_dir)
 
 
 def bundle_kind(model_dir: str | Path) -> str:
-    """``"query_encoder"`` for registered encoder classes, ``"ranker"`` for
-    models saved with ``features.json`` (rankers); ExportError otherwise."""
+    """``"query_encoder"`` for classes in :data:`~recsys.export.encoders.ENCODERS`,
+    ``"ranker"`` for models saved with ``features.json`` (rankers); ExportError otherwise."""
     cls = model_class(model_dir)
     if cls in ENCODERS:
         return "query_encoder"
@@ -178,11 +86,7 @@ def bundle_kind(model_dir: str | Path) -> str:
                       f"query encoders: {sorted(ENCODERS)})")
 
 
-def embedding_version(model_dir: str | Path) -> str:
-    """``"<class name>/<first 16 hex of the weights sha256>"``: query states and
-    item vectors from the same weights carry the same version."""
-    meta = json.loads((Path(model_dir) / "model_args.json").read_text())
-    return f"{meta['model_args']['_target_'].rpartition('.')[2]}/{meta['weights_sha256'][:16]}"
+embedding_version = models.embedding_version
 
 
 def left_pad(rows: CSR, length: int) -> np.ndarray:
@@ -296,7 +200,7 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
                          min_topk_agreement: float = MIN_TOPK_AGREEMENT,
                          data_fingerprint: str | None = None, history_source: str | None = None,
                          side: dict[str, np.ndarray] | None = None, context: Any = None,
-                         population: int | None = None) -> dict[str, Any]:
+                         population: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Export ``<run_dir>/model`` as a query-encoder bundle at ``out_dir`` (atomically).
 
     ``histories``: real user histories (CSR of item ids, time order), e.g. the
@@ -346,7 +250,8 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     import onnx
 
-    with atomic_dir(out_dir) as tmp:
+    with write_bundle(out_dir, format=EXPORT_FORMAT, kind="query_encoder", overwrite=overwrite) as draft:
+        tmp = draft.path
         t0 = time.perf_counter()
         export_encoder_onnx(module, example, tmp / MODEL_FILE, max_len, opset, side_example)
         export_s = time.perf_counter() - t0
@@ -376,9 +281,9 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
         proto = onnx.load(str(tmp / MODEL_FILE), load_external_data=False)
         onnx.checker.check_model(proto)
         opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
-        files = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in (MODEL_FILE, TABLE_FILE)}
-        manifest = {
-            "format": MANIFEST_FORMAT, "kind": "query_encoder", "name": name or out_dir.name,
+        draft.files = [MODEL_FILE, TABLE_FILE]
+        draft.manifest.update({
+            "name": name or out_dir.name,
             "created_unix": time.time(),
             "model": {"file": MODEL_FILE, "class": cls, "description": adapter.description, "model_args": model_args,
                       "run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(model_dir / "weights.safetensors")},
@@ -397,11 +302,9 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
             "versions": {**versions(), "onnx": onnx.__version__}, "git_commit": git_commit(),
             "data_fingerprint": data_fingerprint or (summary.get("data") or {}).get("fingerprint"),
             "test_metrics": {k_: v for k_, v in summary.items() if k_.startswith("test/") and "@10" in k_},
-            "parity": parity, "export_s": export_s, "files": files,
-        }
-        write_manifest(tmp, manifest)
-        finalize_bundle_permissions(tmp)
-    return manifest
+            "parity": parity, "export_s": export_s,
+        })
+    return draft.manifest
 
 
 def torch_module_for_bundle(manifest: dict[str, Any], bundle_dir: str | Path) -> nn.Module:
@@ -416,6 +319,3 @@ def torch_module_for_bundle(manifest: dict[str, Any], bundle_dir: str | Path) ->
         return adapter.wrap(net).eval()
     table = np.load(Path(bundle_dir) / manifest["item_embeddings"]["file"], allow_pickle=False)
     return adapter.bind(net, {"item_table": table}).module.eval()
-
-
-from recsys.export import two_tower_encoder  # noqa: E402,F401  (registers the two-tower user tower)

@@ -12,7 +12,6 @@ and nothing is left behind.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
@@ -22,58 +21,26 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_numpy
-from safetensors.torch import load_file
 from torch import nn
 
-from recsys.utils.errors import RecsysError
-from recsys.utils.io import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
+from recsys.artifacts import models
+from recsys.artifacts.bundle import EXPORT_FORMAT, write_bundle
+from recsys.export.errors import ExportError  # noqa: F401  (re-exported)
+from recsys.utils.io import sha256_file
 from recsys.utils.lineage import git_commit, versions
 
-MANIFEST_FORMAT = "recsys.export_bundle/1"
+MANIFEST_FORMAT = EXPORT_FORMAT
 MODEL_FILE = "ranker.onnx"
 OPSET = 18
 PARITY_TOLERANCE = 1e-5
 PARITY_BATCH_SIZES = (1, 7, 256, 1000)
 
 
-MANIFEST_SHA_FILE = "manifest.sha256"
-
-
-class ExportError(RecsysError):
-    """Export refused: missing artifacts, too few rows, or failed parity."""
-
-
-def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """``manifest.json`` plus ``manifest.sha256`` (sha256 of the manifest's bytes,
-    ``sha256sum`` format) so that serving refuses a modified manifest."""
-    bundle_dir = Path(bundle_dir)
-    write_json_atomic(bundle_dir / "manifest.json", manifest)
-    digest = sha256_file(bundle_dir / "manifest.json")
-    write_text_atomic(bundle_dir / MANIFEST_SHA_FILE, f"{digest}  manifest.json\n")
-
-
-def finalize_bundle_permissions(tmp: Path) -> None:
-    """Temp files and folders are private (0600 / 0700): make the bundle readable."""
-    for f in tmp.rglob("*"):
-        f.chmod(0o755 if f.is_dir() else 0o644)
-    tmp.chmod(0o755)
-
-
 def rebuild_net(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The eval-mode net of ``model_dir`` (checksum of the weights verified) and its ``model_args``."""
-    model_dir = Path(model_dir)
-    meta_path, weights = model_dir / "model_args.json", model_dir / "weights.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise ExportError(f"{model_dir}: need model_args.json and weights.safetensors (a `recsys rank train` run)")
-    meta = json.loads(meta_path.read_text())
-    if sha256_file(weights) != meta["weights_sha256"]:
-        raise ExportError(f"{weights}: checksum mismatch (truncated or modified file)")
-    args = dict(meta["model_args"])
-    module, _, cls = args.pop("_target_").rpartition(".")
-    net = getattr(importlib.import_module(module), cls)(**args)
-    net.load_state_dict(load_file(str(weights)))
-    return net.eval(), meta["model_args"]
+    """The eval-mode net of a verified ``model_dir`` and its ``model_args``
+    (:func:`recsys.artifacts.models.rebuild_net`: manifest and checksums verified,
+    the class looked up in the registry before anything is imported)."""
+    return models.rebuild_net(model_dir)
 
 
 class _Positional(nn.Module):
@@ -147,7 +114,7 @@ def _input_spec(names: Sequence[str], rows: dict[str, np.ndarray], vocab: dict[s
 def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = None, opset: int = OPSET,
                   tolerance: float = PARITY_TOLERANCE, min_rows: int = 1000,
                   batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
-                  compatible_embedding_versions: Sequence[str] = ()) -> dict[str, Any]:
+                  compatible_embedding_versions: Sequence[str] = (), overwrite: bool = False) -> dict[str, Any]:
     """Export ``<run_dir>/model`` into the bundle ``out_dir`` (atomically); returns the manifest.
 
     ``compatible_embedding_versions``: the ``embedding_version`` of the retrieval
@@ -156,12 +123,12 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model_dir = run_dir / "model"
     net, model_args = rebuild_net(model_dir)
-    feats_path, rows_path = model_dir / "features.json", model_dir / "parity_rows.safetensors"
-    if not feats_path.is_file() or not rows_path.is_file():
+    rows_path = model_dir / "parity_rows.safetensors"
+    if not (model_dir / "features.json").is_file() or not rows_path.is_file():
         raise ExportError(f"{model_dir}: need features.json and parity_rows.safetensors (a `recsys rank train` run)")
-    feats = json.loads(feats_path.read_text())
+    feats = models.read_model_json(model_dir, "features.json")
     names = list(feats["inputs"])
-    rows = load_numpy(str(rows_path))
+    rows = models.read_model_arrays(model_dir, "parity_rows.safetensors")
     missing = [n for n in names if n not in rows]
     n_rows = len(rows[names[0]]) if names and not missing else 0
     if missing or n_rows < min_rows:
@@ -171,7 +138,8 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     import onnx
 
-    with atomic_dir(out_dir) as tmp:
+    with write_bundle(out_dir, format=EXPORT_FORMAT, kind="ranker", overwrite=overwrite) as draft:
+        tmp = draft.path
         t0 = time.perf_counter()
         export_onnx(net, {n: v[:8] for n, v in rows.items()}, tmp / MODEL_FILE, opset)
         export_s = time.perf_counter() - t0
@@ -187,8 +155,8 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
         proto = onnx.load(str(tmp / MODEL_FILE), load_external_data=False)
         onnx.checker.check_model(proto)
         opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
-        manifest = {
-            "format": MANIFEST_FORMAT, "kind": "ranker", "name": name or out_dir.name, "created_unix": time.time(),
+        draft.manifest.update({
+            "name": name or out_dir.name, "created_unix": time.time(),
             "model": {"file": MODEL_FILE, "class": model_args["_target_"], "model_args": model_args,
                       "run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(model_dir / "weights.safetensors")},
             "feature_set_version": feats["feature_set_version"],
@@ -202,8 +170,6 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
             "data_fingerprint": (summary.get("data") or {}).get("fingerprint"),
             "test_metrics": {k: summary[k] for k in ("test/auc", "test/log_loss", "test/ece", "bayes_auc") if k in summary},
             "parity": parity, "export_s": export_s,
-            "files": {MODEL_FILE: {"sha256": sha256_file(tmp / MODEL_FILE), "bytes": (tmp / MODEL_FILE).stat().st_size}},
-        }
-        write_manifest(tmp, manifest)
-        finalize_bundle_permissions(tmp)
-    return manifest
+        })
+        draft.files = [MODEL_FILE]
+    return draft.manifest

@@ -1,4 +1,4 @@
-"""The two-tower user tower as a query encoder (registered in :data:`~recsys.export.onnx_encoder.ENCODERS`).
+"""The two-tower user tower as a query encoder (listed in :data:`~recsys.export.encoders.ENCODERS`).
 
 ONNX inputs (the user tower's real inputs, all int64, batch dim shared):
 
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.export.onnx_encoder import (BoundEncoder, EncoderData, ExportError, QueryEncoderAdapter, SideInput,
-                                        register_encoder)
+from recsys.export.adapters import BoundEncoder, EncoderData, QueryEncoderAdapter, SideInput
+from recsys.export.errors import ExportError
 
 CLASS = "recsys.models.two_tower.TwoTower"
 USER_ID_INPUT = "user_id"
@@ -122,8 +122,8 @@ def _needs_context(net: nn.Module) -> Any:
     raise ExportError("the two-tower user tower needs the run's item features: use bind(net, context)")
 
 
-register_encoder(CLASS, QueryEncoderAdapter(
+ADAPTER = QueryEncoderAdapter(
     wrap=_needs_context, item_table=_needs_context,
     max_len=lambda net: int(net.max_history),
     description="two-tower user tower: hashed user id + user features + pooled history of item-tower vectors",
-    bind=bind, parity_data=parity_data))
+    bind=bind, parity_data=parity_data)

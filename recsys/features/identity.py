@@ -53,8 +53,10 @@ def _pick(owner: pl.DataFrame, key: str) -> pl.DataFrame:
     return best.join(n_acc, on=key).select(key, "account", "n_accounts")
 
 
-def resolve_identities(events: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Events with ``user_id`` resolved (and the original in ``raw_user_id``)."""
+def resolve_identities(events: pl.DataFrame, keep_rule: bool = False) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Events with ``user_id`` resolved (and the original in ``raw_user_id``);
+    ``keep_rule`` adds ``identity_rule`` (1-4, the rule that resolved the event) and
+    ``identity_conflict`` (resolved through a component naming several accounts)."""
     ev = events.with_row_index("__i")
     is_login = pl.col("event_type") == "login"
     accounts = set(ev.filter(is_login)["user_id"].unique().to_list())
@@ -105,5 +107,70 @@ def resolve_identities(events: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, An
         "events_resolved_through_conflicts": int(ev.filter((pl.col("__rule") == 3) & (pl.col("__comp_n") > 1)).height),
         "rule": "account id > session's top login account > component's top login account (ties: smallest id)",
     }
+    if keep_rule:
+        ev = ev.with_columns(identity_rule=pl.col("__rule"),
+                             identity_conflict=((pl.col("__rule") == 3) & (pl.col("__comp_n") > 1)).fill_null(False))
     out = ev.sort("__i").drop([c for c in ev.columns if c.startswith("__")])
     return out, report
+
+
+def identity_links(events: pl.DataFrame, user_id: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The events of ``user_id`` once identities are resolved, and the ids linked to it.
+
+    An event belongs to the user when its raw ``user_id`` (or ``raw_user_id``, in
+    an already resolved log) is ``user_id``, or when :func:`resolve_identities`
+    attributes it to ``user_id`` (its anonymous pre-login events, its devices'
+    events). Resolution runs whenever the log has ``login`` events (a missing
+    ``device_id`` / ``session_id`` column counts as all null).
+
+    Returns ``(mask, links)``: ``mask`` (n,) bool marks the user's events;
+    ``links`` holds ``user_ids`` / ``device_ids`` - the raw ids *all* of whose
+    events are the user's (the user's own id included), i.e. ids that would
+    identify the user if they survived anywhere -, ``affected_ids`` (every raw or
+    resolved user id of a marked event: the entities whose features the marked
+    events feed), and ``shared_user_ids`` / ``shared_device_ids``: counts of ids
+    with events of the user *and* of other accounts (a shared device); those ids
+    stay with the other accounts' events.
+    """
+    user_id = str(user_id)
+    raw = events["user_id"].cast(pl.String)
+    hit = (raw == user_id).fill_null(False)
+    if "raw_user_id" in events.columns:
+        hit = hit | (events["raw_user_id"].cast(pl.String) == user_id).fill_null(False)
+    resolved_through_logins = False
+    resolved = raw
+    conflict = pl.Series([False] * events.height)
+    if events.height and (events["event_type"].cast(pl.String) == "login").any():
+        cols = [pl.col("user_id").cast(pl.String), pl.col("event_type").cast(pl.String)]
+        for c in ("device_id", "session_id"):
+            cols.append(pl.col(c).cast(pl.String) if c in events.columns else pl.lit(None, pl.String).alias(c))
+        out = resolve_identities(events.select(cols), keep_rule=True)[0]
+        resolved, conflict = out["user_id"], out["identity_conflict"]
+        hit = hit | (resolved == user_id).fill_null(False)
+        resolved_through_logins = True
+    frame = pl.DataFrame({"raw": raw, "resolved": resolved, "hit": hit})
+    if "device_id" in events.columns:
+        frame = frame.with_columns(device=events["device_id"].cast(pl.String))
+
+    def split(col: str) -> tuple[list[str], int]:
+        g = frame.filter(pl.col(col).is_not_null()).group_by(col).agg(all=pl.col("hit").all(), any=pl.col("hit").any())
+        exclusive = sorted(g.filter(pl.col("all"))[col].to_list())
+        return exclusive, int(g.filter(pl.col("any") & ~pl.col("all")).height)
+
+    user_ids, shared_users = split("raw")
+    device_ids, shared_devices = split("device") if "device" in frame.columns else ([], 0)
+    if "raw_user_id" in events.columns:
+        more = frame.with_columns(raw2=events["raw_user_id"].cast(pl.String))
+        g = more.filter(pl.col("raw2").is_not_null()).group_by("raw2").agg(all=pl.col("hit").all())
+        user_ids = sorted(set(user_ids) | set(g.filter(pl.col("all"))["raw2"].to_list()))
+    mask = hit.to_numpy().astype(bool)
+    marked = frame.filter(pl.col("hit"))
+    affected = set(marked["raw"].to_list()) | set(marked["resolved"].to_list())
+    links = {"user_ids": sorted(set(user_ids) | {user_id}), "device_ids": device_ids,
+             "affected_ids": sorted(a for a in affected if a is not None),
+             "shared_user_ids": shared_users, "shared_device_ids": shared_devices,
+             "n_events": int(mask.sum()), "n_events_through_links": int((mask & (raw != user_id).fill_null(True)
+                                                                          .to_numpy().astype(bool)).sum()),
+             "n_events_through_shared_devices": int((mask & conflict.to_numpy().astype(bool)).sum()),
+             "resolved_through_logins": resolved_through_logins}
+    return mask, links

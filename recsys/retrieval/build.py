@@ -178,18 +178,17 @@ def embedding_version_of(source: str | Path) -> str | None:
     """``"<model class>/<first 16 hex of the weights sha256>"`` when ``source`` is a
     run directory with ``model/model_args.json`` (what a ranker bundle lists as
     compatible), else None."""
-    args = Path(source) / "model" / "model_args.json"
-    if not args.is_file():
+    from recsys.artifacts.models import embedding_version
+
+    model_dir = Path(source) / "model"
+    if not (model_dir / "model_args.json").is_file():
         return None
-    meta = json.loads(args.read_text())
-    target = str(meta.get("model_args", {}).get("_target_", ""))
-    sha = str(meta.get("weights_sha256", ""))
-    return f"{target.rpartition('.')[2]}/{sha[:16]}" if target and sha else None
+    return embedding_version(model_dir)  # the model folder is verified first
 
 
 def build_bundle(source: str | Path, out_dir: str | Path, spec: IndexSpec, *, metric: str | None = None,
                  backend: str = "auto", recall_queries: int = 1000, k: int = 10, seed: int = 0,
-                 include_users: bool = True) -> dict[str, Any]:
+                 include_users: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Read embeddings from ``source`` (run dir, ``embeddings/`` folder or item Parquet),
     build ``spec``, measure recall@k against exact search on held-out queries, and
     write the bundle atomically to ``out_dir``. Returns the manifest."""
@@ -243,7 +242,7 @@ def build_bundle(source: str | Path, out_dir: str | Path, spec: IndexSpec, *, me
     }
     write_bundle(out_dir, index, items.ids, manifest, categories=items.categories,
                  user_ids=users.ids if users is not None else None,
-                 user_vectors=users.vectors if users is not None else None, seen=seen_csr)
+                 user_vectors=users.vectors if users is not None else None, seen=seen_csr, overwrite=overwrite)
     full = load_manifest(out_dir, verify=False)
     full["total_s"] = round(time.perf_counter() - t_start, 3)
     return full

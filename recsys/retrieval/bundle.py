@@ -25,7 +25,6 @@ Example::
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -33,11 +32,14 @@ from typing import Any, Iterable, Mapping
 import faiss
 import numpy as np
 
+from recsys.artifacts.bundle import INDEX_FORMAT, MANIFEST_SHA_FILE, verify_bundle
+from recsys.artifacts.bundle import write_bundle as write_bundle_dir
+from recsys.artifacts.errors import BundleError
 from recsys.utils.errors import DataError
-from recsys.utils.io import atomic_dir, sha256_file
 
-BUNDLE_FORMAT = "recsys.index_bundle/1"
-MANIFEST_SHA_FILE = "manifest.sha256"
+BUNDLE_FORMAT = INDEX_FORMAT
+__all__ = ["BUNDLE_FORMAT", "MANIFEST_SHA_FILE", "BundleError", "Hits", "IndexBundle", "load_manifest",
+           "write_bundle"]
 INDEX_FILE = "index.faiss"
 SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor_rf")
 METRIC_TYPES = {"ip": faiss.METRIC_INNER_PRODUCT, "cos": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
@@ -116,7 +118,8 @@ def _filtered_params(index: faiss.Index, sel: faiss.IDSelector) -> faiss.SearchP
 
 def write_bundle(out_dir: str | Path, index: faiss.Index, item_ids: np.ndarray, manifest: Mapping[str, Any], *,
                  categories: np.ndarray | None = None, user_ids: np.ndarray | None = None,
-                 user_vectors: np.ndarray | None = None, seen: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+                 user_vectors: np.ndarray | None = None, seen: tuple[np.ndarray, np.ndarray] | None = None,
+                 overwrite: bool = False) -> Path:
     """Write a bundle atomically (all files + manifest with sha256, or nothing).
 
     ``index`` must be a CPU faiss index whose row r is ``item_ids[r]``; ``seen`` is
@@ -134,54 +137,21 @@ def write_bundle(out_dir: str | Path, index: faiss.Index, item_ids: np.ndarray, 
     if seen is not None:
         arrays["seen_indptr.npy"] = np.asarray(seen[0], dtype=np.int64)
         arrays["seen_items.npy"] = np.asarray(seen[1], dtype=np.int64)
-    with atomic_dir(out) as tmp:
-        faiss.write_index(index, str(tmp / INDEX_FILE))
+    with write_bundle_dir(out, format=BUNDLE_FORMAT, kind="index", overwrite=overwrite) as draft:
+        faiss.write_index(index, str(draft.path / INDEX_FILE))
         for name, a in arrays.items():
-            np.save(tmp / name, a, allow_pickle=False)
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
-        full = {"format": BUNDLE_FORMAT, **manifest, "n_items": n, "dim": int(index.d), "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
-        # the manifest's own checksum (sha256sum format), as export bundles carry it
-        (tmp / MANIFEST_SHA_FILE).write_text(f"{sha256_file(tmp / 'manifest.json')}  manifest.json\n")
+            np.save(draft.path / name, a, allow_pickle=False)
+        draft.manifest.update({**manifest, "n_items": n, "dim": int(index.d)})
     return out
 
 
 # ----------------------------------------------------------------------------- loading
 
 def load_manifest(bundle_dir: str | Path, verify: bool = True) -> dict[str, Any]:
-    """``manifest.json`` of an index bundle; with ``verify`` every listed file's
-    size and sha256 are checked (a missing, truncated or modified file is refused)."""
-    d = Path(bundle_dir)
-    path = d / "manifest.json"
-    if not d.is_dir():
-        raise DataError(d, "no such index bundle directory")
-    if not path.is_file():
-        raise DataError(d, "no manifest.json (not an index bundle)")
-    sha_path = d / MANIFEST_SHA_FILE
-    if not sha_path.is_file():
-        raise DataError(d, f"no {MANIFEST_SHA_FILE} (bundle from an older build or tampered with; rebuild it)")
-    want = (sha_path.read_text().split() or [""])[0]
-    if sha256_file(path) != want:
-        raise DataError(path, f"sha256 does not match {MANIFEST_SHA_FILE} (modified manifest)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"not valid JSON ({e.msg})", line=e.lineno) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise DataError(path, f"format {got!r}, expected {BUNDLE_FORMAT!r}")
-    for name, info in manifest.get("files", {}).items():
-        f = d / name
-        if not f.is_file():
-            raise DataError(f, "listed in the manifest but missing")
-        size = f.stat().st_size
-        if size != info["bytes"]:
-            raise DataError(f, f"{size} bytes, manifest says {info['bytes']} (truncated or modified)")
-        if verify and sha256_file(f) != info["sha256"]:
-            raise DataError(f, "sha256 differs from the manifest (modified file)")
-    if INDEX_FILE not in manifest.get("files", {}):
-        raise DataError(path, f"lists no {INDEX_FILE}")
-    return manifest
+    """``manifest.json`` of an index bundle, verified before anything else is read
+    (:func:`recsys.artifacts.bundle.verify_bundle`): its own checksum, format, kind,
+    every listed file's size, and with ``verify`` every file's sha256."""
+    return verify_bundle(bundle_dir, format=BUNDLE_FORMAT, kind="index", require=[INDEX_FILE], hashes=verify)
 
 
 class IndexBundle:
@@ -305,17 +275,35 @@ class IndexBundle:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise DataError(self.directory, f"query vectors have shape {q.shape}, the index expects (batch, {self.dim})")
+        if q.dtype.kind not in "fiu":
+            raise DataError(self.directory, f"query vectors have dtype {q.dtype}, expected float32 numbers")
         if q.dtype != np.float32 or not q.flags.c_contiguous:
             q = np.ascontiguousarray(q, dtype=np.float32)
+        finite = np.isfinite(q).all(axis=1)
+        if not finite.all():  # faiss would return empty or arbitrary hits for NaN / inf
+            r = int(np.flatnonzero(~finite)[0])
+            raise DataError(self.directory, f"query vector row {r} has a non-finite value "
+                                            f"({q[r][~np.isfinite(q[r])][0]}); expected finite numbers")
         return normalize_rows(q) if self.normalize else q
+
+    def _check_k(self, k: Any) -> int:
+        """``k`` as a positive int (numpy ints accepted; 2.7, True, 0, -3 refused)."""
+        ok = isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+        if not ok and isinstance(k, (float, np.floating)) and float(k).is_integer():
+            ok = True  # 10.0 is 10
+        shown = repr(k) if isinstance(k, str) else k
+        if not ok:
+            raise DataError(self.directory, f"k={shown}: must be a positive integer (k >= 1)")
+        if int(k) < 1:
+            raise DataError(self.directory, f"k={shown}: must be >= 1")
+        return int(k)
 
     def search(self, queries: np.ndarray, k: int = 10) -> Hits:
         """The lean path: (B, D) vectors -> top-k; one faiss call into preallocated
         outputs (the C++ search directly, skipping the Python wrapper's re-checks),
         vectorised id mapping."""
+        k = self._check_k(k)
         q = self._prepare(queries)
-        if k < 1:
-            raise DataError(self.directory, f"k={k}: must be >= 1")
         n = q.shape[0]
         scores = np.empty((n, k), dtype=np.float32)
         rows = np.empty((n, k), dtype=np.int64)
@@ -327,6 +315,7 @@ class IndexBundle:
         """Top-k with filters. ``exclude`` = (indptr (B+1,), rows) CSR of index rows to
         drop per query (seen items, the query item itself); ``category`` keeps only items
         of that category (see :meth:`_category_search`: rare categories still fill k)."""
+        k = self._check_k(k)
         q = self._prepare(queries)
         b = len(q)
         extra = 0

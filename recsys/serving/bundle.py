@@ -18,70 +18,29 @@ Versions a bundle can declare (top-level manifest keys):
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
-MANIFEST_FORMAT = "recsys.export_bundle/1"
-MANIFEST_SHA_FILE = "manifest.sha256"
+from recsys.artifacts.bundle import EXPORT_FORMAT, MANIFEST_SHA_FILE, read_manifest_verified, verify_bundle
+from recsys.artifacts.errors import BundleError
 
-
-class BundleError(ValueError):
-    """The bundle cannot be served: bad manifest, checksum mismatch, version conflict."""
+MANIFEST_FORMAT = EXPORT_FORMAT
+__all__ = ["BundleError", "MANIFEST_FORMAT", "MANIFEST_SHA_FILE", "RequestError", "check_pairing",
+           "declared_embedding_version", "load_manifest", "open_session", "read_manifest_verified"]
 
 
 class RequestError(ValueError):
     """A request does not match the bundle's declared inputs."""
 
 
-def sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest_verified(bundle_dir: str | Path) -> dict[str, Any]:
-    """``manifest.json`` after checking it against ``manifest.sha256``."""
-    d = Path(bundle_dir)
-    path, sha_path = d / "manifest.json", d / MANIFEST_SHA_FILE
-    if not path.is_file():
-        raise BundleError(f"{d}: no manifest.json (not an export bundle)")
-    if not sha_path.is_file():
-        raise BundleError(f"{d}: no {MANIFEST_SHA_FILE} (bundle written by an older export or tampered with; re-export it)")
-    want = sha_path.read_text().split()[0] if sha_path.read_text().split() else ""
-    raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != want:
-        raise BundleError(f"{path}: sha256 does not match {MANIFEST_SHA_FILE} (modified manifest)")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from None
-
-
 def load_manifest(bundle_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
-    """The verified manifest of a bundle: its own checksum, its format, its
-    ``kind`` (when given; bundles without a kind are rankers), and every listed
-    file's size and sha256."""
-    d = Path(bundle_dir)
-    manifest = read_manifest_verified(d)
-    path = d / "manifest.json"
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise BundleError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-    got = manifest.get("kind", "ranker")
-    if kind is not None and got != kind:
-        raise BundleError(f"{path}: a {got!r} bundle, expected a {kind!r} bundle")
-    for name, info in manifest.get("files", {}).items():
-        f = d / name
-        if not f.is_file():
-            raise BundleError(f"{f}: listed in the manifest but missing")
-        if f.stat().st_size != info["bytes"]:
-            raise BundleError(f"{f}: {f.stat().st_size} bytes, manifest says {info['bytes']} (truncated or modified)")
-        if sha256_path(f) != info["sha256"]:
-            raise BundleError(f"{f}: sha256 mismatch with the manifest (modified file)")
-    return manifest
+    """The verified manifest of an export bundle (:func:`recsys.artifacts.bundle.verify_bundle`):
+    its own checksum, its format, its ``kind`` (when given; bundles without a kind
+    are rankers), the model file listed, and every listed file's size and sha256."""
+    manifest = read_manifest_verified(bundle_dir)
+    model = manifest.get("model")
+    need = [model["file"]] if isinstance(model, dict) and isinstance(model.get("file"), str) else []
+    return verify_bundle(bundle_dir, format=EXPORT_FORMAT, kind=kind, require=need)
 
 
 def declared_embedding_version(other: Any) -> tuple[str, str]:

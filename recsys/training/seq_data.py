@@ -18,7 +18,20 @@ from typing import Iterator
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recsys.data.splits import EvalSet, Split
+from recsys.utils.errors import RecsysError
 from recsys.utils.sparse import CSR
+
+
+class TrainingInputError(RecsysError, ValueError):
+    """A data-module setting or split that would train zero steps (one line)."""
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` as an int if it is a positive integer (not a bool or a float),
+    else :class:`TrainingInputError` naming ``name`` (e.g. ``datamodule.batch_size``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise TrainingInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def left_pad(rows: CSR, length: int) -> np.ndarray:
@@ -102,6 +115,10 @@ class SequenceDataModule(L.LightningDataModule):
         task: ``"causal"`` (predict every next item) or ``"masked"`` (BERT4Rec).
         batch_size: training sequences per step (per process).
         eval_batch_size: users per evaluation step.
+
+    Sizes must be positive integers, and the split must give at least one
+    training sequence: otherwise :class:`TrainingInputError` (a one-line
+    :class:`~recsys.utils.errors.RecsysError`) instead of a fit of zero steps.
     """
 
     def __init__(self, split: Split, n_items: int, max_len: int = 50, task: str = "causal", batch_size: int = 256,
@@ -109,6 +126,11 @@ class SequenceDataModule(L.LightningDataModule):
         super().__init__()
         if task not in ("causal", "masked"):
             raise ValueError(f"task must be 'causal' or 'masked', got {task!r}")
+        batch_size = check_positive_int(batch_size, "datamodule.batch_size")
+        eval_batch_size = check_positive_int(eval_batch_size, "datamodule.eval_batch_size")
+        max_len = check_positive_int(max_len, "datamodule.max_len")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+            raise TrainingInputError(f"datamodule.num_workers must be an integer >= 0, got {num_workers!r}")
         self.split, self.n_items, self.max_len, self.task = split, n_items, max_len, task
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
@@ -125,6 +147,10 @@ class SequenceDataModule(L.LightningDataModule):
             padded = left_pad(seqs, max_len)
             self.train_set = _Arrays(seq=torch.from_numpy(padded))
             self.train_lengths = (padded > 0).sum(1)
+        if len(self.train_set) == 0:  # Lightning would "train" zero steps and evaluate the initial weights
+            need = "2 training interactions" if task == "causal" else "1 training interaction"
+            raise TrainingInputError(f"no training sequences: no user has {need} in the split "
+                                     f"({len(items)} training interactions); nothing to train on")
 
     @property
     def val_set(self) -> EvalSet:

@@ -28,7 +28,7 @@ from recsys import schema as S
 from recsys.data.prepare import PreparedData
 from recsys.data.splits import EvalSet, Split
 from recsys.models.two_tower import ID, hash_bucket
-from recsys.training.seq_data import left_pad
+from recsys.training.seq_data import check_positive_int, left_pad
 from recsys.utils.errors import DataError
 from recsys.utils.sparse import CSR
 
@@ -211,6 +211,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         super().__init__()
         if max_history < 1:
             raise DataError(None, f"max_history must be >= 1, got {max_history}")
+        batch_size = check_positive_int(batch_size, "datamodule.batch_size")  # <= 0 would train zero steps
+        eval_batch_size = check_positive_int(eval_batch_size, "datamodule.eval_batch_size")
         self.data, self.split, self.max_history = data, split, max_history
         self.n_items, self.n_users = data.n_items, data.n_users
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed

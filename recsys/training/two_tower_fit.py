@@ -42,12 +42,13 @@ def fit_two_tower(data: PreparedData, split: Split, trainer: L.Trainer, datamodu
                                             category_column=category_column)
     info.update({"model": "TwoTower", "module": mod, "datamodule": dm})
     if out is not None and trainer.global_rank == 0:
-        from recsys.training.artifacts import save_model
+        from recsys.artifacts.models import save_model, seal_model_dir
 
         out = Path(out)
         args = {k: v for k, v in (net_args or {}).items() if k != "_target_"}
         info["artifacts"] = save_model(mod.net, {**args, **data_args}, out / "model")
         write_json_atomic(out / "model" / "features.json", dm.feature_metadata())
+        seal_model_dir(out / "model")
         info["artifacts"]["features"] = str(out / "model" / "features.json")
         info["embeddings"] = export_embeddings(mod, dm, data, split, out / "embeddings", run=str(out))
     return info
