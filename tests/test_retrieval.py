@@ -15,7 +15,7 @@ from recsys.artifacts.errors import BundleError
 from recsys.retrieval.build import IndexSpec, auto_nlist, build_bundle, build_index, exact_search, recall_at_k
 from recsys.retrieval.bundle import IndexBundle, normalize_rows
 from recsys.retrieval.clustered import clustered_embeddings, clustered_queries
-from recsys.retrieval.embeddings import read_item_embeddings, read_user_embeddings, write_embedding_dir
+from recsys.artifacts.embeddings import read_item_embeddings, read_user_embeddings, write_embedding_dir
 from recsys.retrieval.gpu import TorchExactIndex, cuda_available, select_backend
 from recsys.retrieval.tune import frontier, pick, sweep
 from recsys.utils.errors import DataError
@@ -216,7 +216,7 @@ def test_exclude_seen_and_category(hnsw_bundle, run_dir):
     users = [f"u{j}" for j in range(50)]
     hits = b.search_users(users, 10, exclude_seen=True)
     seen = {}
-    from recsys.retrieval.embeddings import read_seen
+    from recsys.artifacts.embeddings import read_seen
 
     su, si = read_seen(run_dir)
     for u, i in zip(su, si):
@@ -465,10 +465,10 @@ def test_cli_bench_small(tmp_path):
 def test_two_tower_writer_output_builds_and_queries(tmp_path, world):
     """The two-tower run's writer (training layer, which may not import retrieval)
     and this reader agree on the embeddings contract."""
-    tt = pytest.importorskip("recsys.training.two_tower_export", reason="two-tower export not in this checkout")
+    from recsys.artifacts import embeddings as tt
     items, users = world
     n, m = 500, 40
-    tt.write_embeddings(tmp_path / "run" / "embeddings", item_ids=[f"i{j}" for j in range(n)], item_vectors=items[:n],
+    tt.write_run_embeddings(tmp_path / "run" / "embeddings", item_ids=[f"i{j}" for j in range(n)], item_vectors=items[:n],
                         user_ids=[f"u{j}" for j in range(m)], user_vectors=users[:m], seen_user_ids=["u0", "u0"],
                         seen_item_ids=["i1", "i2"], metric="cos", data_fingerprint="fp", run="r",
                         item_categories=["a" if j % 2 else None for j in range(n)])

@@ -22,7 +22,7 @@ from recsys.artifacts.models import load_model
 from recsys.training.baselines import EvalOptions, evaluate_split
 from recsys.training.cold_start import CategoryPopularity, cold_start_split, evaluate_cold, item_category_lists
 from recsys.training.two_tower_data import FeatureTable, TwoTowerDataModule, history_matrix
-from recsys.training.two_tower_export import write_embeddings
+from recsys.artifacts.embeddings import write_run_embeddings as write_embeddings
 from recsys.training.two_tower_fit import fit_two_tower
 from recsys.training.two_tower_module import TwoTowerModule, in_batch_softmax_loss, own_positive_mask
 from recsys.utils.errors import DataError

@@ -59,6 +59,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.artifacts.bundle import INDEX_FORMAT, MANIFEST_FILE, restage, verify_bundle
+from recsys.artifacts.embeddings import verify_embedding_dir
+from recsys.utils.io import json_text
 from recsys.features import batch
 from recsys.features.definitions import build_feature_set
 from recsys.features.identity import identity_links, resolve_identities
@@ -444,7 +446,9 @@ def _bundle_dirs(root: Path) -> list[Path]:
 
 
 def stage_embeddings(d: Path, trace: Trace, tx: Transaction) -> dict[str, int] | None:
-    """``users.parquet`` / ``seen.parquet`` of an embeddings folder without the user's rows."""
+    """``users.parquet`` / ``seen.parquet`` of an embeddings folder without the user's rows
+    (a sealed folder is verified first and resealed)."""
+    sealed = verify_embedding_dir(d) if (d / MANIFEST_FILE).is_file() else None
     ids = pa.array(sorted(trace.user_ids), pa.string())
     tables, removed = {}, {}
     for name in ("users.parquet", "seen.parquet"):
@@ -461,16 +465,20 @@ def stage_embeddings(d: Path, trace: Trace, tx: Transaction) -> dict[str, int] |
     if not tables:
         return None
     new = tx.new_dir(d)
-    for child in d.iterdir():
-        if child.name not in tables and child.name != "meta.json":
-            _link_or_copy(child, new / child.name)
-    for name, t in tables.items():
-        pq.write_table(t, new / name)
+    replace: dict[str, Any] = {name: (lambda t: lambda path: pq.write_table(t, path))(t) for name, t in tables.items()}
     if (d / "meta.json").is_file():
         meta = json.loads((d / "meta.json").read_text())
         if "n_users" in meta and "users.parquet" in tables:
             meta["n_users"] = tables["users.parquet"].num_rows
-        (new / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        replace["meta.json"] = lambda path: path.write_text(json_text(meta))
+    if sealed is not None:  # a sealed folder (recsys.embeddings/1): a resealed copy
+        restage(d, new, sealed, replace)
+        return removed
+    for child in d.iterdir():
+        if child.name not in replace:
+            _link_or_copy(child, new / child.name)
+    for name, write in replace.items():
+        write(new / name)
     return removed
 
 

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from recsys.retrieval.bundle import METRIC_TYPES, load_manifest, normalize_rows, set_search_params, write_bundle
-from recsys.retrieval.embeddings import read_item_embeddings, read_seen, read_user_embeddings
+from recsys.artifacts.embeddings import read_item_embeddings, read_seen, read_user_embeddings
 from recsys.retrieval.gpu import TorchExactIndex, gpu_supports, select_backend, to_faiss_gpu
 from recsys.utils.errors import DataError, RecsysError
 

@@ -1,5 +1,5 @@
 """Retrieval embeddings of a trained sequence model (the ``embeddings/`` contract
-that ``recsys index build`` reads; see :mod:`recsys.training.two_tower_export`).
+that ``recsys index build`` reads; see :mod:`recsys.artifacts.embeddings`).
 
 * items: the output embedding table (rows ``1..n``), the vectors next-item
   states are scored against (inner product);
@@ -22,7 +22,7 @@ from recsys.training.seq_data import left_pad
 @torch.no_grad()
 def write_sequence_embeddings(net: torch.nn.Module, data: Any, split: Any, directory: str | Path, run: str,
                               batch_size: int = 1024) -> dict[str, Any]:
-    from recsys.training.two_tower_export import write_embeddings
+    from recsys.artifacts.embeddings import write_run_embeddings as write_embeddings
     from recsys.training.two_tower_fit import item_categories
 
     was_training = net.training

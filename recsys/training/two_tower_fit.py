@@ -3,7 +3,7 @@ the study script build the pieces and pass them in).
 
 Run-directory contract (rank 0): ``model/`` (``model_args.json`` +
 ``weights.safetensors`` + ``features.json`` with the feature vocabularies, JSON)
-and ``embeddings/`` (see :mod:`recsys.training.two_tower_export`).
+and ``embeddings/`` (see :mod:`recsys.artifacts.embeddings`).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def export_embeddings(mod: TwoTowerModule, dm: TwoTowerDataModule, data: Prepare
                       directory: Path, run: str) -> dict[str, Any]:
     """Item vectors (items without training interactions: from features only) and
     user vectors on each user's full training history."""
-    from recsys.training.two_tower_export import write_embeddings
+    from recsys.artifacts.embeddings import write_run_embeddings as write_embeddings
 
     mod.eval()
     item_vecs = mod.all_item_vectors()

@@ -117,7 +117,7 @@ def test_crafted_config_target_in_summary_is_refused(tmp_path, run_dir):
 def test_crafted_run_through_index_build_creates_nothing(tmp_path):
     marker = tmp_path / "pwned"
     evil = _crafted_run(tmp_path, marker)
-    from recsys.retrieval.embeddings import write_embedding_dir
+    from recsys.artifacts.embeddings import write_embedding_dir
 
     write_embedding_dir(evil, {"item_id": [str(i) for i in range(50)],
                                "embedding": np.random.default_rng(0).standard_normal((50, 4))}, meta={"metric": "ip"})
@@ -136,7 +136,7 @@ def _user_folder(p: Path) -> Path:
 
 
 def test_index_build_never_replaces_a_users_folder(tmp_path):
-    from recsys.retrieval.embeddings import write_embedding_dir
+    from recsys.artifacts.embeddings import write_embedding_dir
 
     src = tmp_path / "emb"
     write_embedding_dir(src, {"item_id": [str(i) for i in range(40)],
@@ -293,3 +293,27 @@ def test_manifest_file_entries_cannot_escape_the_folder(tmp_path):
     (b / "manifest.sha256").write_text(f"{sha256_bytes(text.encode())}  manifest.json\n")
     with pytest.raises(BundleError, match="bad files entry '../secret'"):
         verify_bundle(b, format=INDEX_FORMAT)
+
+
+def test_index_build_verifies_a_runs_embeddings_folder(tmp_path):
+    from recsys.artifacts.embeddings import write_embedding_dir
+
+    rng = np.random.default_rng(0)
+    write_embedding_dir(tmp_path / "run", {"item_id": [str(i) for i in range(30)], "embedding": rng.random((30, 4))},
+                        users={"user_id": ["u1", "u2"], "embedding": rng.random((2, 4))}, meta={"metric": "ip"})
+    emb = tmp_path / "run" / "embeddings"
+    verify_bundle(emb, format="recsys.embeddings/1", kind="embeddings")
+    (emb / "users.parquet").write_bytes((emb / "users.parquet").read_bytes() + b"\0")
+    r = run("index", "build", f"source={tmp_path / 'run'}", f"out={tmp_path / 'ix'}", "index=flat",
+            f"hydra.run.dir={tmp_path / 'job'}")
+    assert r.returncode == 2 and "users.parquet" in r.stderr and "truncated or modified" in r.stderr, r.stderr
+    (emb / "manifest.json").unlink()
+    r = run("index", "build", f"source={tmp_path / 'run'}", f"out={tmp_path / 'ix'}", "index=flat",
+            f"hydra.run.dir={tmp_path / 'job2'}")
+    assert r.returncode == 2 and "without manifest.json" in r.stderr
+    # a plain Parquet file given directly is user input, validated by its columns
+    (tmp_path / "mine").mkdir()
+    shutil.copy(emb / "items.parquet", tmp_path / "mine" / "items.parquet")
+    r = run("index", "build", f"source={tmp_path / 'mine' / 'items.parquet'}", f"out={tmp_path / 'ix'}", "index=flat",
+            "recall_queries=10", "metric=ip", f"hydra.run.dir={tmp_path / 'job3'}")
+    assert r.returncode == 0, r.stderr

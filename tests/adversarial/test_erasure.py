@@ -55,7 +55,7 @@ def _log(seed: int = 0, n_users: int = 24, n_items: int = 15) -> tuple[pl.DataFr
 def _run_dir(root: Path, events: pl.DataFrame) -> Path:
     """A training-run-like folder: embeddings/{items,users,seen}.parquet + an index bundle."""
     from recsys.retrieval.build import IndexSpec, build_bundle
-    from recsys.retrieval.embeddings import write_embedding_dir
+    from recsys.artifacts.embeddings import write_embedding_dir
 
     rng = np.random.default_rng(1)
     acts = events.filter(pl.col("event_type") != "login")
@@ -206,7 +206,7 @@ def test_full_erasure_follows_identity_and_keeps_other_users(world, tmp_path):
         np.testing.assert_allclose(list(after_u.values()), list(before_u.values()), rtol=1e-12, err_msg=u)
 
     # run embeddings and the index bundle: victim gone, the bundle still verifies and serves others
-    from recsys.retrieval.embeddings import read_seen, read_user_embeddings
+    from recsys.artifacts.embeddings import read_seen, read_user_embeddings
 
     assert VICTIM not in read_user_embeddings(d / "run").ids.tolist()
     assert VICTIM not in read_seen(d / "run")[0].tolist()

@@ -11,11 +11,17 @@ A run directory that supports retrieval holds::
       seen.parquet    user_id, item_id (optional; what ``exclude_seen`` removes)
       meta.json       {"metric": "ip"|"l2"|"cos", "dim": D, "model": ..., "data_fingerprint": ...}
 
-Writers call :func:`write_embedding_dir` (atomic: the whole folder appears at
-once or not at all); readers call :func:`read_item_embeddings` /
-:func:`read_user_embeddings`, which accept a run directory, the ``embeddings/``
-folder or a Parquet file, and raise :class:`~recsys.utils.errors.DataError`
-naming the file and column on bad input.
+      manifest.json + manifest.sha256   (format recsys.embeddings/1: every file's sha256)
+
+This module is the one reader/writer of that folder: training runs (sequence models,
+two-tower) write it with :func:`write_embedding_dir` / :func:`write_run_embeddings`
+(atomic: the whole folder appears at once or not at all, sealed as a bundle);
+``recsys index build`` reads it with :func:`read_item_embeddings` /
+:func:`read_user_embeddings` / :func:`read_seen`, which accept a run directory, the
+``embeddings/`` folder or a Parquet file. A folder is verified (manifest checksum,
+every file's sha256) before anything in it is read; a folder without a manifest is
+refused (give its Parquet file directly to use it as plain user input). Bad input
+raises :class:`~recsys.utils.errors.DataError` naming the file and column.
 
 Example::
 
@@ -29,17 +35,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.artifacts.bundle import seal, verify_bundle
 from recsys.utils.errors import DataError
-from recsys.utils.io import atomic_dir
+from recsys.utils.io import atomic_dir, json_text
 
 METRICS = ("ip", "l2", "cos")
 EMBEDDINGS_DIR = "embeddings"
+EMBEDDINGS_FORMAT = "recsys.embeddings/1"
 
 
 @dataclass
@@ -88,8 +96,8 @@ def _table(rows: Mapping[str, Any] | pa.Table, kind: str, where: str) -> pa.Tabl
     idx = rows.get(idx_col)
     idx = np.arange(1, n + 1, dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
     cols = {idx_col: pa.array(idx, pa.int64()), id_col: ids, "embedding": _embedding_array(emb, where)}
-    if kind == "item" and rows.get("category") is not None:
-        cols["category"] = pa.array(np.asarray(rows["category"]).astype(str), pa.string())
+    if kind == "item" and rows.get("category") is not None:  # None stays null
+        cols["category"] = pa.array([None if c is None else str(c) for c in list(rows["category"])], pa.string())
     lens = {k: len(v) for k, v in cols.items()}
     if len(set(lens.values())) != 1:
         raise DataError(where, f"columns have different lengths: {lens}")
@@ -98,11 +106,12 @@ def _table(rows: Mapping[str, Any] | pa.Table, kind: str, where: str) -> pa.Tabl
 
 def write_embedding_dir(out_dir: str | Path, items: Mapping[str, Any] | pa.Table, *,
                         meta: Mapping[str, Any], users: Mapping[str, Any] | pa.Table | None = None,
-                        seen: Mapping[str, Any] | pa.Table | None = None) -> Path:
-    """Write ``<out_dir>/embeddings/`` atomically; returns that folder.
+                        seen: Mapping[str, Any] | pa.Table | None = None, folder: bool = False) -> Path:
+    """Write ``<out_dir>/embeddings/`` (``folder=True``: ``out_dir`` itself) atomically
+    and sealed; returns that folder.
 
     Args:
-        out_dir: the run directory.
+        out_dir: the run directory (or the embeddings folder itself with ``folder=True``).
         items: ``item_id`` (n,), ``embedding`` (n, D) float32, optional ``item_idx``
             (default 1..n) and ``category`` (n,) str; a dict of arrays or a pyarrow Table.
         meta: must hold ``metric`` (ip | l2 | cos); ``dim`` is filled in; ``model`` and
@@ -110,7 +119,7 @@ def write_embedding_dir(out_dir: str | Path, items: Mapping[str, Any] | pa.Table
         users: ``user_id`` (m,), ``embedding`` (m, D), optional ``user_idx``.
         seen: ``user_id``, ``item_id`` pairs (training interactions) for exclude-seen.
     """
-    out = Path(out_dir) / EMBEDDINGS_DIR
+    out = Path(out_dir) if folder else Path(out_dir) / EMBEDDINGS_DIR
     metric = meta.get("metric")
     if metric not in METRICS:
         raise DataError(out / "meta.json", f"metric {metric!r}, expected one of {METRICS}")
@@ -130,9 +139,33 @@ def write_embedding_dir(out_dir: str | Path, items: Mapping[str, Any] | pa.Table
     with atomic_dir(out) as tmp:
         for name, t in tables.items():
             pq.write_table(t, tmp / name)
-        (tmp / "meta.json").write_text(json.dumps({**meta, "dim": int(dim)}, indent=2, sort_keys=True,
-                                                  default=str) + "\n")
+        (tmp / "meta.json").write_text(json_text({**meta, "dim": int(dim)}))
+        seal(tmp, {"format": EMBEDDINGS_FORMAT, "kind": "embeddings"})
     return out
+
+
+def write_run_embeddings(directory: str | Path, *, item_ids: Sequence[str], item_vectors: np.ndarray,
+                         user_ids: Sequence[str], user_vectors: np.ndarray, seen_user_ids: Sequence[str],
+                         seen_item_ids: Sequence[str], metric: str, data_fingerprint: str, run: str,
+                         item_categories: Sequence[str | None] | None = None, model: str = "TwoTower") -> dict[str, Any]:
+    """A training run's ``embeddings/`` folder (``directory``): vectors of items ``1..n``
+    and users ``1..m`` (row ``r`` = index ``r + 1``), the seen pairs, and the meta."""
+    if metric not in ("ip", "cos"):
+        raise DataError(None, f"metric must be 'ip' or 'cos', got {metric!r}")
+    if item_vectors.ndim != 2 or user_vectors.ndim != 2 or item_vectors.shape[1] != user_vectors.shape[1]:
+        raise DataError(None, f"item/user embeddings must be 2-D with the same width, got "
+                              f"{item_vectors.shape} and {user_vectors.shape}")
+    if len(item_ids) != len(item_vectors) or len(user_ids) != len(user_vectors):
+        raise DataError(None, "one id per embedding row is required")
+    meta = {"metric": metric, "model": model, "data_fingerprint": data_fingerprint, "run": run,
+            "n_items": len(item_ids), "n_users": len(user_ids)}
+    items: dict[str, Any] = {"item_id": [str(i) for i in item_ids], "embedding": item_vectors}
+    if item_categories is not None:
+        items["category"] = list(item_categories)
+    write_embedding_dir(directory, items, meta=meta, folder=True,
+                        users={"user_id": [str(u) for u in user_ids], "embedding": user_vectors},
+                        seen={"user_id": list(seen_user_ids), "item_id": list(seen_item_ids)})
+    return {"directory": str(directory), **meta, "dim": int(item_vectors.shape[1])}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -167,13 +200,23 @@ def _vectors_from_arrow(col: pa.ChunkedArray | pa.Array, where: str) -> np.ndarr
     return v
 
 
+def verify_embedding_dir(folder: str | Path) -> dict[str, Any]:
+    """The verified manifest of an ``embeddings/`` folder (refused without one)."""
+    d = Path(folder)
+    if not (d / "manifest.json").is_file():
+        raise DataError(d, "embeddings folder without manifest.json (not written by this version of recsys, or "
+                           "tampered with); re-train, or pass one of its Parquet files directly")
+    return verify_bundle(d, format=EMBEDDINGS_FORMAT, kind="embeddings")
+
+
 def _locate(path: str | Path, name: str) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    for cand in (p / EMBEDDINGS_DIR / name, p / name):
-        if cand.is_file():
-            return cand
+    for folder in (p / EMBEDDINGS_DIR, p):
+        if (folder / name).is_file():
+            verify_embedding_dir(folder)  # before anything in it is read
+            return folder / name
     if not p.exists():
         raise DataError(p, "no such file or directory")
     raise DataError(p, f"no {name} (expected a run directory with {EMBEDDINGS_DIR}/{name}, "
@@ -243,6 +286,8 @@ def read_seen(path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
     f = folder / "seen.parquet"
     if not f.is_file():
         return None
+    if not p.is_file():
+        verify_embedding_dir(folder)
     t = pq.read_table(f)
     for c in ("user_id", "item_id"):
         if c not in t.column_names:
