@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from recsys.data.base import LoadedData, Loader
 from recsys.data.formats import CsvLoader, ParquetLoader, RecBoleLoader, SeqTxtLoader
+from recsys.data.formats._common import exact_duplicate_rows
 from recsys.schema import EVENT_TYPE, ITEM_ID, TIMESTAMP, USER_ID
 from recsys.utils.errors import DataError
 
@@ -85,13 +86,16 @@ def _table_summary(table: pa.Table | None) -> dict[str, Any] | None:
 
 
 def summarize(data: LoadedData) -> dict[str, Any]:
-    """Counts, the event columns that carry data, timestamp range, side tables."""
+    """Counts, the event columns that carry data, timestamp range, side tables, and
+    ``n_exact_duplicates``: events equal in every column to an earlier one (kept by
+    the loaders; :func:`recsys.data.prepare.prepare` warns about them)."""
     events = data.events
     present = [n for n in events.column_names if events.column(n).null_count < events.num_rows]
     ts = events.column(TIMESTAMP)
     types = pc.value_counts(events.column(EVENT_TYPE)).to_pylist()
     return {
         "n_rows": events.num_rows,
+        "n_exact_duplicates": int(len(exact_duplicate_rows(events))),
         "n_users": pc.count_distinct(events.column(USER_ID)).as_py(),
         "n_items": pc.count_distinct(events.column(ITEM_ID)).as_py(),
         "columns": present,
@@ -108,7 +112,7 @@ def validate_file(path: str, format: str, **loader_kwargs: Any) -> dict[str, Any
     """Load ``path`` as ``format`` (``seqtxt | recbole | csv | parquet``), validating
     every row, and return a summary::
 
-        {path, format, n_rows, n_users, n_items, columns, timestamp_kind,
+        {path, format, n_rows, n_exact_duplicates, n_users, n_items, columns, timestamp_kind,
          timestamp_min, timestamp_max, event_types, items, users,
          source_files, load_seconds}
 

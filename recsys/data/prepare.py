@@ -13,10 +13,17 @@ Layout of a prepared dataset (written atomically, as one directory)::
       items.parquet          item_idx, item_id, <item side features>
       meta.json              fingerprint, sources (path, sha256), counts, config
       extras/                loader-specific (the synthetic world's logs and truth)
+
+Exact duplicate events (rows equal in every column, e.g. a log exported twice) are
+counted after filtering (``meta["n_exact_duplicates"]``) and, by default, kept as
+separate interactions (the data is what it is; results on existing data sets do
+not change) with one :class:`DuplicateEventsWarning` per :func:`prepare` call;
+``prepare(..., drop_duplicates=True)`` keeps only the first of each.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,10 +35,15 @@ import pyarrow.parquet as pq
 
 from recsys import schema as S
 from recsys.data.base import LoadedData, Loader
+from recsys.data.formats._common import exact_duplicate_rows
 from recsys.utils.errors import DataError
 from recsys.utils.io import atomic_dir, sha256_file, sha256_json
 
 PREPARE_VERSION = 1
+
+
+class DuplicateEventsWarning(UserWarning):
+    """The prepared data holds exact duplicate events (kept, each counted)."""
 
 
 @dataclass
@@ -107,6 +119,7 @@ def prepare(
     name: str,
     event_types: Sequence[str] | None = None,
     min_value: float | None = None,
+    drop_duplicates: bool = False,
 ) -> PreparedData:
     """Load, filter, map ids and cache; reuse the cache when the fingerprint matches.
 
@@ -116,19 +129,30 @@ def prepare(
         name: dataset name (prefix of the cache folder).
         event_types: keep only these event types (``None``: all).
         min_value: keep only events with ``value >= min_value`` (e.g. ratings >= 4).
+        drop_duplicates: drop exact duplicate events (rows equal in every column),
+            keeping the first; by default they are kept and a
+            :class:`DuplicateEventsWarning` gives their count.
     """
     filters = {"event_types": sorted(event_types) if event_types else None, "min_value": min_value}
+    if drop_duplicates:  # only then: existing fingerprints (and caches) stay valid
+        filters["drop_duplicates"] = True
     fp, sources = fingerprint(loader, filters)
     target = Path(cache_dir) / f"{name}-{fp[:16]}" if cache_dir else None
     if target is not None and (target / "meta.json").is_file():
-        return load_prepared(target)
-
-    loaded = loader.load()
-    data = build(loaded, name, filters)
-    data.meta.update(fingerprint=fp, sources=sources, loader=loader.fingerprint_config())
-    if target is not None:
-        save_prepared(data, target)
-        data.directory = target
+        data = load_prepared(target)
+    else:
+        loaded = loader.load()
+        data = build(loaded, name, filters)
+        data.meta.update(fingerprint=fp, sources=sources, loader=loader.fingerprint_config())
+        if target is not None:
+            save_prepared(data, target)
+            data.directory = target
+    n_dup = int(data.meta.get("n_exact_duplicates") or 0)
+    if n_dup and not drop_duplicates:
+        warnings.warn(DuplicateEventsWarning(
+            f"dataset '{name}': {n_dup} of {data.interactions.num_rows} events are exact duplicates of an "
+            f"earlier event (every column equal); kept, each counted as an interaction "
+            f"(prepare(drop_duplicates=True) keeps only the first)"), stacklevel=2)
     return data
 
 
@@ -146,6 +170,11 @@ def build(loaded: LoadedData, name: str, filters: dict[str, Any]) -> PreparedDat
     table = table.append_column("_row", pa.array(np.arange(table.num_rows)))
     order = pc.sort_indices(table, [(S.USER_IDX, "ascending"), (S.TIMESTAMP, "ascending"), ("_row", "ascending")])
     table = table.take(order).drop_columns(["_row"])
+    dups = exact_duplicate_rows(table, (S.USER_IDX, S.TIMESTAMP), presorted=True)
+    if len(dups) and filters.get("drop_duplicates"):
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[dups] = False
+        table = table.filter(pa.array(keep))
     users = _side_table(user_ids, S.USER_IDX, S.USER_ID, loaded.users)
     items = _side_table(item_ids, S.ITEM_IDX, S.ITEM_ID, loaded.items)
     meta = {
@@ -155,6 +184,7 @@ def build(loaded: LoadedData, name: str, filters: dict[str, Any]) -> PreparedDat
         "n_users": users.num_rows,
         "n_items": items.num_rows,
         "n_interactions": table.num_rows,
+        "n_exact_duplicates": int(len(dups)),
         "filters": filters,
     }
     return PreparedData(name, table, users, items, meta, extras=dict(loaded.extras))

@@ -8,11 +8,17 @@ manifest. Requests are item-id sequences, left-padded with 0, one row per user:
 * ``encode(items)`` -> query states ``(B, D)`` float32;
 * ``top_k(items, k, exclude_seen=True)`` -> ``(ids (B, k) int64, scores (B, k) float32)``
   over the whole catalogue (``state @ table.T``); id 0 (padding) never appears and,
-  with ``exclude_seen``, neither do the ids in the request row; ties go to the smaller id.
+  with ``exclude_seen``, neither does any id of the request row (the whole row, also
+  the part beyond ``max_len`` that the encoder does not read); equal scores go to the
+  smaller id, also at the k-th place (which of several tied items makes the cut).
+  ``k`` is a positive integer (Python or numpy int; ``2.7``, ``True``, ``0``, ``-3``
+  are refused) no larger than the items left to recommend.
 
 Validation raises :class:`RequestError` (a ``ValueError``): non-integer dtype,
 not 1-D / 2-D, empty, ids outside ``[0, n_items]``, a 0 after a real item (not
-left-padded). Rows longer than the model's ``max_len`` keep their last
+left-padded), and, for encoders whose only input is the history, a row that is all
+padding (an empty history has no query state: serve such users from a cold-start
+source, e.g. popularity). Rows longer than the model's ``max_len`` keep their last
 ``max_len`` items (what the model was trained on).
 
 Multi-input encoders (the two-tower user tower) declare more inputs in the
@@ -22,7 +28,9 @@ by name: ``encode(items, user_id=..., user_region=...)`` or
 ``encode({"items": ..., "user_id": ..., ...})``; a missing or unknown input, a
 non-integer dtype (NaN named as such), a shape other than ``(batch,)`` (a scalar
 is accepted for a 1-D ``items``) or a value out of range is a one-line
-:class:`RequestError`.
+:class:`RequestError`. These encoders accept an all-padding history (a cold-start
+user, encoded from the side inputs alone; the two-tower user tower pools an empty
+history to zeros).
 
 Example::
 
@@ -33,6 +41,7 @@ Example::
 """
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,6 +99,10 @@ class QueryEncoderRuntime:
 
     def validate(self, items: Any) -> np.ndarray:
         """``(B, T)`` int64 ready for ONNX Runtime (a 1-D input is one user), or :class:`RequestError`."""
+        return self._window(self._validate_rows(items))
+
+    def _validate_rows(self, items: Any) -> np.ndarray:
+        """The checked request, every row whole (not cut to ``max_len``), ``(B, T)`` int64."""
         a = np.asarray(items)
         if a.ndim == 1:
             a = a[None, :]
@@ -106,9 +119,31 @@ class QueryEncoderRuntime:
         gaps = np.flatnonzero(((np.cumsum(real, axis=1) > 0) & ~real).any(axis=1))
         if len(gaps):
             raise RequestError(f"items: row {int(gaps[0])} has padding (0) after an item; sequences must be left-padded")
-        if self.max_len and a.shape[1] > self.max_len:
-            a = a[:, -int(self.max_len):]
+        if not self.side_inputs:
+            empty = np.flatnonzero(~real[:, -1])  # left-padded: a row with any item ends with one
+            if len(empty):
+                raise RequestError(f"items: row {int(empty[0])} is all padding (no item): an empty history has no "
+                                   f"query state; serve it from a cold-start source (e.g. popularity)")
         return np.ascontiguousarray(a, dtype=np.int64)
+
+    def _window(self, a: np.ndarray) -> np.ndarray:
+        """The last ``max_len`` items of each row (what the model reads)."""
+        if self.max_len and a.shape[1] > self.max_len:
+            a = np.ascontiguousarray(a[:, -int(self.max_len):])
+        return a
+
+    def check_k(self, k: Any) -> int:
+        """``k`` as an int in ``[1, n_items]``, or :class:`RequestError` (bools, non-integral
+        numbers and strings are refused; numpy integers are fine)."""
+        ok = isinstance(k, (numbers.Integral, np.integer)) and not isinstance(k, (bool, np.bool_))
+        if not ok and isinstance(k, (float, np.floating)) and float(k).is_integer():
+            ok = True  # 10.0 (e.g. from JSON) is 10; 2.7 is refused below
+        if not ok:
+            shown = repr(k) if isinstance(k, str) else k
+            raise RequestError(f"k={shown}: expected a positive integer, 1 <= k <= {self.n_items}")
+        if not 1 <= int(k) <= self.n_items:
+            raise RequestError(f"k={k}: expected 1 <= k <= {self.n_items}")
+        return int(k)
 
     def validate_side(self, side: Mapping[str, Any], batch: int, single: bool) -> dict[str, np.ndarray]:
         """The side inputs as ``{name: (batch,) int64}``, or :class:`RequestError`."""
@@ -139,6 +174,10 @@ class QueryEncoderRuntime:
 
     def feeds(self, items: Any, side: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Validated ONNX Runtime inputs; ``items`` may also be a mapping holding every input."""
+        return self._feeds(items, side)[0]
+
+    def _feeds(self, items: Any, side: Mapping[str, Any] | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The ONNX Runtime inputs and the whole validated ``items`` rows (for exclusion)."""
         side = dict(side or {})
         if isinstance(items, Mapping):
             if side:
@@ -148,8 +187,8 @@ class QueryEncoderRuntime:
                 raise RequestError(f"missing input 'items': this encoder takes {self.input_names}")
             items = side.pop("items")
         single = np.ndim(items) == 1
-        x = self.validate(items)
-        return {"items": x, **self.validate_side(side, len(x), single)}
+        full = self._validate_rows(items)
+        return {"items": self._window(full), **self.validate_side(side, len(full), single)}, full
 
     def encode(self, items: Any, **side: Any) -> np.ndarray:
         """Query states ``(B, D)`` float32."""
@@ -160,17 +199,34 @@ class QueryEncoderRuntime:
         return self.encode(items, **side) @ self.item_embeddings.T
 
     def top_k(self, items: Any, k: int = 10, exclude_seen: bool = True, **side: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``k`` item ids and their scores, each ``(B, k)``, best first."""
-        feeds = self.feeds(items, side)
-        x = feeds["items"]
-        if not 1 <= int(k) <= self.n_items:
-            raise RequestError(f"k={k}: expected 1 <= k <= {self.n_items}")
+        """Best ``k`` item ids and their scores, each ``(B, k)``, best first; equal scores
+        in id order. With ``exclude_seen`` every id of a request row is excluded (the
+        whole row, not only the last ``max_len`` the encoder reads)."""
+        k = self.check_k(k)
+        feeds, full = self._feeds(items, side)
         s = self.session.run(["state"], feeds)[0] @ self.item_embeddings.T  # (B, n_items + 1)
         s[:, 0] = -np.inf
         if exclude_seen:
-            s[np.repeat(np.arange(len(x)), x.shape[1]), x.ravel()] = -np.inf  # pads hit column 0 again
-        k = int(k)
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        vals = np.take_along_axis(s, part, 1)
-        order = np.lexsort((part, -vals), axis=1)
-        return np.take_along_axis(part, order, 1).astype(np.int64), np.take_along_axis(vals, order, 1)
+            s[np.repeat(np.arange(len(full)), full.shape[1]), full.ravel()] = -np.inf  # pads hit column 0 again
+            if k > self.n_items - full.shape[1]:  # a long row may leave fewer than k items to recommend
+                left = (s > -np.inf).sum(axis=1)
+                if (left < k).any():
+                    r = int(np.flatnonzero(left < k)[0])
+                    raise RequestError(f"k={k}: row {r} has seen {self.n_items - int(left[r])} of the {self.n_items} "
+                                       f"items, only {int(left[r])} are left to recommend")
+        return top_k_rows(s, k)
+
+
+def top_k_rows(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``s`` (B, N): the ``k`` best columns, best first, ties to the smaller
+    column, deterministically also at the cut (``argpartition`` alone picks any of the
+    items tied at the k-th score); ``(ids (B, k) int64, scores (B, k))``."""
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(s, part, 1)
+    kth = vals.min(axis=1, keepdims=True)
+    for r in np.flatnonzero((s >= kth).sum(axis=1) > k):  # more items tie at the cut than fit
+        cand = np.flatnonzero(s[r] >= kth[r, 0])
+        cand = cand[np.lexsort((cand, -s[r, cand]))[:k]]
+        part[r], vals[r] = cand, s[r, cand]
+    order = np.lexsort((part, -vals), axis=1)
+    return np.take_along_axis(part, order, 1).astype(np.int64), np.take_along_axis(vals, order, 1)

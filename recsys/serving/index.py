@@ -17,9 +17,11 @@ Example::
     hits.ids, hits.scores                                          # (B, k) each
 
 Bad input raises :class:`recsys.utils.errors.DataError` with one line naming the
-file or id: an unknown user / item id, a query of the wrong dimension, a
-missing, truncated or modified bundle file (every file's size and sha256 are
-checked against ``manifest.json`` on load).
+file or id: an unknown user / item id, a query of the wrong dimension or dtype, a
+query row with NaN / inf (named by its row), a ``k`` that is not a positive integer
+(``0``, ``-3``, ``2.7``; numpy ints are fine), a missing, truncated or modified
+bundle file (every file's size and sha256 are checked against ``manifest.json`` on
+load). The checks live in :class:`recsys.retrieval.bundle.IndexBundle`.
 """
 from __future__ import annotations
 

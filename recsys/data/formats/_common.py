@@ -274,6 +274,66 @@ def first_duplicate(col: pa.ChunkedArray) -> tuple[int, int] | None:
     return row, int(first_rows[codes[row]])
 
 
+def _row_hashes(table: pa.Table) -> np.ndarray:
+    """A uint64 hash of every row over all columns (equal rows, equal hashes; nulls
+    hash alike). Strings are hashed through their dictionary codes, floats by bits."""
+    h = np.zeros(table.num_rows, dtype=np.uint64)
+    for col in table.columns:
+        col = col.combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_binary(col.type):
+            col = col.dictionary_encode().indices
+        valid = col.is_valid().to_numpy(zero_copy_only=False)
+        if pa.types.is_floating(col.type):
+            x = pc.fill_null(col.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False) + 0.0  # -0.0 -> 0.0
+            x = x.view(np.uint64)
+        else:
+            x = pc.fill_null(col.cast(pa.int64()), 0).to_numpy(zero_copy_only=False).view(np.uint64)
+        h = (h ^ x ^ valid.astype(np.uint64) << np.uint64(63)) * np.uint64(0x100000001B3)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+def exact_duplicate_rows(table: pa.Table, keys: tuple[str, str] = (USER_ID, TIMESTAMP),
+                         presorted: bool = False) -> np.ndarray:
+    """Sorted row indices of the rows equal in every column to an earlier row.
+
+    On a table sorted by ``keys`` (user, timestamp; ``presorted``), only rows that
+    share both with a neighbour can be duplicates: one numpy pass. Candidates are then
+    narrowed to rows whose hash over every column repeats (one sort), and only those
+    are compared exactly (Arrow group-by). Nulls compare equal.
+    """
+    n = table.num_rows
+    none = np.empty(0, dtype=np.int64)
+    if n < 2:
+        return none
+    table = table.select([c for c in table.column_names if table.column(c).null_count < n])  # all-null: all equal
+    rows = np.arange(n)
+    if presorted:
+        a = table.column(keys[0]).to_numpy()
+        t = table.column(keys[1]).to_numpy()
+        same = (a[1:] == a[:-1]) & (t[1:] == t[:-1])
+        if not same.any():
+            return none
+        cand = np.zeros(n, dtype=bool)
+        cand[1:] |= same
+        cand[:-1] |= same
+        rows = np.flatnonzero(cand)
+        table = table.take(pa.array(rows))
+    h = _row_hashes(table)
+    s = np.sort(h)
+    repeated = np.unique(s[1:][s[1:] == s[:-1]])  # few: the hashes of (likely) duplicates
+    if not len(repeated):
+        return none
+    maybe = repeated[np.minimum(np.searchsorted(repeated, h), len(repeated) - 1)] == h
+    rows = rows[maybe]
+    sub = table.filter(pa.array(maybe)).append_column("_row", pa.array(rows, pa.int64()))
+    cols = [c for c in sub.column_names if c != "_row"]
+    firsts = sub.group_by(cols).aggregate([("_row", "min")]).column("_row_min").to_numpy()
+    return np.setdiff1d(rows, firsts)
+
+
 def build_events(cols: dict[str, Any], n_rows: int, event_type: str) -> pa.Table:
     """Assemble canonical columns into a table conforming to EVENT_SCHEMA."""
     cols = dict(cols)

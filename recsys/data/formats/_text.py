@@ -26,8 +26,15 @@ _KIND_RE = {"float": _FLOAT_RE, "float_seq": _FLOAT_SEQ_RE}
 _KIND_TEXT = {"float": "a float", "float_seq": "space-separated floats"}
 
 
+#: The UTF-8 byte-order mark some editors (Excel, Notepad) write at the start of a file.
+UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
+
 def read_file_bytes(path: Path) -> bytes:
-    """Whole file as bytes; missing, directory and 0-byte files are errors."""
+    """Whole file as bytes, without a leading UTF-8 byte-order mark (else the first
+    header field would be ``\\ufeffuser_id``); missing, directory, 0-byte and
+    UTF-16/32 files are errors."""
     if not path.exists():
         raise DataError(path, "file not found")
     if path.is_dir():
@@ -35,6 +42,12 @@ def read_file_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     if not data:
         raise DataError(path, "empty file (0 bytes)")
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM):]
+        if not data:
+            raise DataError(path, "empty file (only a UTF-8 byte-order mark)")
+    elif data.startswith(_UTF16_32_BOMS):
+        raise DataError(path, "starts with a UTF-16/UTF-32 byte-order mark: save the file as UTF-8", line=1)
     return data
 
 
