@@ -74,7 +74,72 @@ commands:
 
 Every argument after the command is a Hydra override (e.g. paths.data_root=/data,
 hydra.run.dir=runs/x, -m for sweeps). Configs: {configs}
+`recsys <command> --help` describes a command and its options. A config mistake
+(unknown key or preset, wrong type, out of range, missing value) stops before
+anything runs: one `error:` line on stderr, exit code 2.
 """
+
+#: what each command does (first paragraph of ``recsys <command> --help``)
+HELP: dict[tuple[str, ...], str] = {
+    ("ope", "bench"): "Re-samples the synthetic world's logged impressions n_seeds times and reports bias, "
+                      "RMSE and interval coverage of every off-policy estimator against the exact true value.",
+    ("ope", "align"): "Trains model variants on the synthetic world and compares offline NDCG, the OPE estimates "
+                      "(DR, SNIPS) and the true online value of each, to see whether offline metrics rank them "
+                      "like the online truth.",
+    ("ope", "regret"): "Runs bandit policies (epsilon-greedy, LinUCB, Thompson sampling) online in the synthetic "
+                       "world and reports their cumulative regret against the oracle and static policies.",
+    ("ope",): "Off-policy evaluation: estimates the value of `policy` on a log of impressions (the synthetic "
+              "world's, or logs=<file>) with DM, IPS, SNIPS, DR, SNDR and Switch-DR, with bootstrap intervals "
+              "and support / effective-sample-size diagnostics.",
+    ("data", "stats"): "Loads a dataset preset (data=<preset>), prepares and caches it, and prints its statistics "
+                       "(users, items, interactions, density, sequence lengths) as JSON. Writes no run directory.",
+    ("data", "erase"): "Erases one user (user_id, passed on exactly as typed) from an event store, rebuilds the "
+                       "derived features and online state from what remains, and checks that nothing of the user "
+                       "is left anywhere.",
+    ("features", "bench"): "Measures batch and online feature throughput (events/s, read latency) against a "
+                           "naive pandas baseline on a synthetic event stream.",
+    ("features", "drift"): "Compares two feature snapshots (reference= vs current=) feature by feature with "
+                           "PSI, KS and chi-square / Cramer's V, flags drift beyond the thresholds and plots it.",
+    ("features", "skew"): "Checks training/serving skew: recomputes the logged serving features offline from "
+                          "the event log and reports every mismatch per feature.",
+    ("features", "build"): "Computes the behavioural feature snapshot of every entity as of a time (events= or "
+                           "the synthetic world) plus the online feature state, with a manifest.",
+    ("data", "validate"): "Reads a data file (path=, format=seqtxt|recbole|csv|parquet), validates every row and "
+                          "prints a JSON summary; bad input gives one `path:line: what` error. Writes nothing.",
+    ("evaluate",): "Fits a non-neural baseline (model=popularity|random|markov|itemknn|ease|bpr|sasrec_fit) on a "
+                   "dataset split and scores it by exact full-catalogue ranking; writes summary.json to the run "
+                   "directory.",
+    ("train",): "Trains a neural model (SASRec, BERT4Rec, GRU4Rec or two-tower) with PyTorch Lightning from an "
+                "experiment preset, with early stopping on validation NDCG@10, then evaluates the best checkpoint "
+                "exactly on the test split; writes checkpoints, model/ and summary.json to the run directory.",
+    ("demo",): "The main job end to end on built-in synthetic data: baselines and SASRec trained and evaluated "
+               "exactly, a results table, off-policy evaluation, an ONNX ranker and query encoder, and a FAISS "
+               "retrieval index.",
+    ("ab", "analyze"): "Analyses an A/B test from a Parquet file of exposures and outcomes (one row per user): "
+                       "sample-ratio-mismatch check, Welch / z-tests with lift and CUPED, MDE, mSPRT sequential "
+                       "curves; writes report.md, plots and summary.json, plus an audit archive.",
+    ("ab", "plan"): "Sample size per arm for an A/B test from the baseline rate (binary) or std (continuous) "
+                    "metric and the minimum detectable effect `mde`.",
+    ("ab", "simulate"): "Simulates an A/B experiment with known lifts on synthetic users and analyses it "
+                        "(checks=true also verifies the analysis recovers the truth).",
+    ("rank", "train"): "Trains a click-through ranker (DCN-v2 or MLP) on the synthetic world's impression log "
+                       "with point-in-time behavioural features (or a ratings dataset), split by request time; "
+                       "reports test AUC, log loss, calibration and slate NDCG.",
+    ("export",): "Exports a trained run to an ONNX bundle with a manifest and a parity check against torch: a "
+                 "`rank train` run gives a ranker, a `train` SASRec or two-tower run a query encoder plus item "
+                 "table.",
+    ("export", "bench"): "Single-thread CPU latency (p50/p99) and throughput of an exported bundle with "
+                         "onnxruntime, against torch eager.",
+    ("index", "build"): "Builds a FAISS index bundle (flat, ivf, ivfpq or hnsw) from a trained run's item "
+                        "embeddings or an items Parquet file and measures its recall@10 against exact search.",
+    ("index", "query"): "Queries an index bundle: top-k items for a user (user=, from the precomputed user "
+                        "vectors) or items similar to an item (item=), or a file of users (users_file=); ids are "
+                        "passed on exactly as typed.",
+    ("index", "tune"): "Sweeps the query-time knobs of an index bundle (nprobe, efSearch, k_factor_rf) and "
+                       "reports the recall@10 vs queries/s frontier.",
+    ("index", "bench"): "Benchmarks approximate indexes against exact Flat search on clustered synthetic "
+                        "embeddings (1M items by default): recall, build time and queries/s; writes summary.json.",
+}
 
 
 def _resolve(target: str) -> Callable:
@@ -118,6 +183,67 @@ def _match(argv: list[str]) -> tuple[str, ...] | None:
     return None
 
 
+def command_help(words: tuple[str, ...], config_name: str) -> str:
+    """``recsys <command> --help``: what it does, its usage line(s), its keys with
+    defaults and its config groups with their options."""
+    import textwrap
+
+    from recsys.cli.config import config_entries, config_header
+
+    name = " ".join(words)
+    out = textwrap.wrap(f"recsys {name}: {HELP[words]}", width=100)
+    header = config_header(config_name)
+    usage = [ln for ln in header if ln.startswith("recsys ")]
+    notes = [ln for ln in header if not ln.startswith("recsys ") and ln.strip()]
+    if usage:
+        out += ["", *(f"usage: {ln}" if i == 0 else f"       {ln}" for i, ln in enumerate(usage))]
+    if notes:
+        out += ["", *notes]
+    groups, keys = config_entries(config_name)
+    if keys:
+        out += ["", "options (key=default):"]
+        for key, default, comment in keys:
+            left = f"  {key}" if key.endswith(".*") else f"  {key}={default}"
+            out.append(f"{left:<34} {comment}".rstrip() if comment else left)
+    if groups:
+        out += ["", "groups (group=option):"]
+        for group, default in groups:
+            options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+            out.append(f"  {f'{group}={default}':<32} {'|'.join(options)}")
+    out += ["", f"Any key of the composed config can be overridden (`recsys {name} --cfg job` prints it);",
+            "-m runs one job per value of comma lists (model=a,b); hydra.run.dir=<dir> sets the run directory;",
+            f"--hydra-help shows Hydra's own flags. Config: {config_dir() / (config_name + '.yaml')}"]
+    return "\n".join(out)
+
+
+def _check(words: tuple[str, ...], config_name: str, rest: list[str]) -> list[str] | None:
+    """Help and config checks before the Hydra app starts. Returns the arguments to
+    hand to Hydra (id overrides quoted), or None when the command is done (help).
+    A config mistake exits here with one ``error:`` line and code 2."""
+    from hydra._internal.utils import get_args_parser
+
+    from recsys.cli.config import config_header
+    from recsys.cli.validate import Checker, ConfigError, examples_from, quote_ids
+
+    args = get_args_parser().parse_args(rest)
+    if args.help:
+        print(command_help(words, config_name))
+        return None
+    if (args.hydra_help or args.info or args.shell_completion or args.experimental_rerun
+            or args.config_name or args.config_path or args.config_dir):
+        return rest  # Hydra's own business
+    overrides = list(args.overrides)
+    try:
+        quoted = quote_ids(overrides, args.multirun)
+        Checker(config_dir(), config_name, " ".join(words), quoted, multirun=args.multirun,
+                require_values=args.cfg is None, examples=examples_from(config_header(config_name))).run()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    changed = {a: b for a, b in zip(overrides, quoted) if a != b}
+    return [changed.get(a, a) for a in rest]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -131,10 +257,15 @@ def main(argv: list[str] | None = None) -> None:
     config_name, target = COMMANDS[words]
     # faiss logs each missing SIMD build (avx512, avx2) at INFO under Hydra's root logger
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    rest = argv[len(words):] if tuple(argv[: len(words)]) == words else argv
+    register_resolvers()
+    if tuple(argv[: len(words)]) == words:
+        rest = _check(words, config_name, argv[len(words):])
+        if rest is None:
+            return
+    else:  # a DDP child process: the parent checked (and quoted) these overrides
+        rest = argv
     import hydra
 
-    register_resolvers()
     # Lightning's DDP launcher re-runs ``sys.argv`` (plus hydra overrides) for the
     # other ranks: keep the real program in argv[0] and pass the command by env.
     os.environ[_COMMAND_ENV] = " ".join(words)
