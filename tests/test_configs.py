@@ -12,7 +12,7 @@ from recsys.cli.config import config_dir, register_resolvers
 from recsys.cli.main import COMMANDS
 
 CONFIGS = config_dir()
-ROOTS = sorted({name for name, _ in COMMANDS.values()})
+ROOTS = sorted({c.config for c in COMMANDS.values()})
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
 
 # groups whose options need a user-given path
