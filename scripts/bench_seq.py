@@ -33,34 +33,35 @@ from recsys.data.splits import LeaveOneOut  # noqa: E402
 from recsys.evaluation.ranking import aggregate, chunk_metrics, exclude  # noqa: E402
 from recsys.models.sequential import SASRec  # noqa: E402
 from recsys.training.losses import FullSoftmaxCE  # noqa: E402
-from recsys.training.seq_data import SequenceDataModule, left_pad  # noqa: E402
+from recsys.training.sequence.batches import SequenceBatch  # noqa: E402
+from recsys.training.sequence.data import SequenceDataModule, left_pad  # noqa: E402
 from recsys.utils.lineage import environment  # noqa: E402
 
 
 def naive_loss(net, batch):
     """The common recipe: logits for every position (padding too), masked afterwards."""
-    h = net(batch["input"])  # B, T, D
+    h = net(batch.input)  # B, T, D
     logits = h @ net.output_embeddings().T  # B, T, N+1 (padding positions included)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=0)
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten(), ignore_index=0)
 
 
 def project_loss(net, batch, loss=FullSoftmaxCE()):
-    h = net(batch["input"])
-    real = batch["labels"] > 0
-    return loss(h[real], batch["labels"][real], net.output_embeddings())
+    h = net(batch.input)
+    real = batch.labels > 0
+    return loss(h[real], batch.labels[real], net.output_embeddings())
 
 
 def train_epoch(net, loader, loss_fn, opt, device, bf16, max_steps):
     net.train()
     n_seq, steps, t0 = 0, 0, time.perf_counter()
     for batch in loader:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = batch.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(net, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        n_seq += len(batch["input"])
+        n_seq += len(batch.input)
         steps += 1
         if max_steps and steps >= max_steps:
             break
@@ -123,7 +124,8 @@ def main() -> None:
 
     # naive recipe in the same run: fixed max_len padding, logits at every position
     net2, opt2 = make()
-    fixed = torch.utils.data.DataLoader(dm.train_set, batch_size=256, shuffle=True)
+    fixed = torch.utils.data.DataLoader(dm.train_set, batch_size=256, shuffle=True, collate_fn=lambda items: SequenceBatch(
+        torch.stack([it["input"] for it in items]), torch.stack([it["labels"] for it in items])))  # untrimmed
     train_epoch(net2, fixed, naive_loss, opt2, device, args.bf16, max_steps=2)
     secs2, n2, steps2 = train_epoch(net2, fixed, naive_loss, opt2, device, args.bf16, args.naive_steps)
     full_steps = len(fixed)

@@ -84,10 +84,9 @@ def fit_two_tower(data, split, seed: int, s: dict[str, dict[str, Any]], category
     import torch
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-    from recsys.models.two_tower import TwoTower
-    from recsys.training.two_tower_data import TwoTowerDataModule
-    from recsys.training.two_tower_fit import fit_two_tower as fit
-    from recsys.training.two_tower_module import TwoTowerModule
+    from recsys.models.two_tower import TowerArch, TwoTower
+    from recsys.training.two_tower.fit import fit
+    from recsys.training.two_tower.module import TwoTowerModule
 
     L.seed_everything(seed, verbose=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,13 +96,27 @@ def fit_two_tower(data, split, seed: int, s: dict[str, dict[str, Any]], category
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                             use_distributed_sampler=False, accelerator="cpu", devices=1, gradient_clip_val=1.0)
         opt = s["opt"]
-        info = fit(data, split, trainer,
-                   datamodule=lambda **kw: TwoTowerDataModule(**kw, seed=seed, **s["dm"]),
-                   net=lambda **kw: TwoTower(**kw, **s["net"]),
-                   module=lambda net: TwoTowerModule(net, lambda p: torch.optim.AdamW(p, fused=True, **opt), seed=seed,
-                                                     **s["module"]),
-                   category_column=category_column)
-    return info
+        dm = two_tower_datamodule(data, split, seed, s["dm"])
+        net = TwoTower(**dm.net_args(), arch=TowerArch(**s["net"]))
+        mod = TwoTowerModule(net, lambda p: torch.optim.AdamW(p, fused=True, **opt), seed=seed, **s["module"])
+        info = fit(trainer, mod, dm, data, split, category_column=category_column)
+    return {**info, "module": mod, "datamodule": dm}
+
+
+def two_tower_datamodule(data, split, seed: int, flat: dict[str, Any]):
+    """The study's flat datamodule settings (``DM``) -> ``TwoTowerDataModule(data, split,
+    max_history, FeatureSpec, LoaderSpec)``, the nesting of configs/datamodule/two_tower.yaml."""
+    from dataclasses import fields
+
+    from recsys.training.two_tower.data import FeatureSpec, LoaderSpec, TwoTowerDataModule
+
+    rest = dict(flat)
+    max_history = rest.pop("max_history", 50)
+    part = {cls: {f.name: rest.pop(f.name) for f in fields(cls) if f.name in rest} for cls in (FeatureSpec, LoaderSpec)}
+    if rest:
+        raise ValueError(f"unknown datamodule settings {sorted(rest)}")
+    return TwoTowerDataModule(data, split, max_history, FeatureSpec(**part[FeatureSpec]),
+                              LoaderSpec(**{"seed": seed, **part[LoaderSpec]}))
 
 
 def baseline_models(seed: int) -> dict[str, Any]:
@@ -167,7 +180,8 @@ def run_cold(data, seeds: list[int], results: dict, timings: dict, fraction: flo
     import torch
 
     from recsys.models.baselines import RandomScores
-    from recsys.training.cold_start import CategoryPopularity, cold_start_split, evaluate_cold, item_category_lists
+    from recsys.training.two_tower.cold_start import (CategoryPopularity, cold_start_split, evaluate_cold,
+                                                      item_category_lists)
 
     rows: dict[str, dict[str, list[float]]] = {}
     genres = item_category_lists(data, "class")
@@ -186,7 +200,7 @@ def run_cold(data, seeds: list[int], results: dict, timings: dict, fraction: flo
         user_pos = {int(u): r for r, u in enumerate(cs.cold.users)}
 
         def tt_score(users, history):
-            from recsys.training.seq_data import left_pad
+            from recsys.training.sequence.data import left_pad
 
             rows_ = [user_pos[int(u)] for u in users]
             hist = left_pad(cs.cold.history.take(np.asarray(rows_)), dm.max_history)

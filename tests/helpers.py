@@ -45,12 +45,11 @@ def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, 
     import numpy as np
     import torch
 
-    from recsys.cli.rank_cmd import save_parity_rows
     from recsys.data.synthetic import SyntheticConfig, generate_world
     from recsys.features.ranker import build_ranker_features
     from recsys.models.rankers import DCNv2
-    from recsys.artifacts.models import save_model, seal_model_dir
-    from recsys.training.ranker_data import time_split, to_tensors
+    from recsys.training.ranker.data import time_split, to_tensors
+    from recsys.training.ranker.fit import save_ranker_model
     from recsys.utils.io import write_json_atomic
 
     torch.manual_seed(seed)
@@ -69,12 +68,6 @@ def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, 
         loss.backward()
         opt.step()
     net.eval()
-    model_dir = run_dir / "model"
-    save_model(net, {**args, "vocab_sizes": table.vocab_sizes, "dense_features": table.dense}, model_dir)
-    write_json_atomic(model_dir / "features.json", {
-        "feature_set_version": table.version, "inputs": net.input_names,
-        "categorical": list(table.vocab_sizes), "dense": table.dense, "vocab_sizes": table.vocab_sizes})
-    save_parity_rows(table.take(splits["test"]), n_parity_rows, model_dir / "parity_rows.safetensors")
-    seal_model_dir(model_dir)
+    save_ranker_model(net, args, table, table.take(splits["test"]), run_dir / "model", n_parity_rows)
     write_json_atomic(run_dir / "summary.json", {"data": {"fingerprint": "tiny-world"}, "test/auc": float(np.nan)})
     return run_dir

@@ -70,7 +70,7 @@ def test_itemknn_cosine_and_neighbour_cut():
 
 
 def test_sequence_recommender_fits_and_scores_like_a_baseline():
-    from recsys.training.seq_fit import SequenceRecommender
+    from recsys.training.sequence.recommender import SequenceRecommender
 
     rng = np.random.default_rng(0)
     # every user walks i -> i+1 -> i+2 ...: the next item is predictable from the last one

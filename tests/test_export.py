@@ -117,7 +117,7 @@ def test_export_command_refuses_a_dir_without_model(tmp_path):
 
 
 def test_int8_comparison(bundle, run_dir, tmp_path):
-    from recsys.export.bench import int8_comparison
+    from recsys.bench.export import int8_comparison
 
     saved = load_file(str(run_dir / "model" / "parity_rows.safetensors"))
     names = [i["name"] for i in json.loads((bundle / "manifest.json").read_text())["inputs"]]

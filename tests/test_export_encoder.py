@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from recsys.export import onnx_encoder
-from recsys.export.onnx_encoder import ExportError, export_query_encoder
+from recsys.export.onnx_encoder import EncoderData, ExportError, ParitySpec, export_query_encoder
 from recsys.export.onnx_ranker import rebuild_net
 from recsys.serving.bundle import BundleError, RequestError
 from recsys.serving.encoder import QueryEncoderRuntime
@@ -173,11 +173,11 @@ def test_failed_parity_leaves_nothing(seq_run, tmp_path, monkeypatch):
     hist = CSR.from_lists(_histories(1000, 12, 1).tolist())  # pads dropped below: real lengths vary
     hist = CSR.from_lists([[i for i in row if i] or [1] for row in hist.to_lists()])
     with pytest.raises(ExportError, match="need >= 2000 user histories"):
-        export_query_encoder(seq_run, tmp_path / "e" / "x", hist, min_users=2000)
+        export_query_encoder(seq_run, tmp_path / "e" / "x", EncoderData(hist), ParitySpec(min_users=2000))
     real = onnx_encoder.onnx_states
     monkeypatch.setattr(onnx_encoder, "onnx_states", lambda s, x, batch_size=256: real(s, x, batch_size) + 1e-3)
     with pytest.raises(ExportError, match="parity check failed.*top-10 identical"):
-        export_query_encoder(seq_run, tmp_path / "e" / "x", hist, lengths=(4,))
+        export_query_encoder(seq_run, tmp_path / "e" / "x", EncoderData(hist), ParitySpec(lengths=(4,)))
     assert list((tmp_path / "e").iterdir()) == []  # no bundle, no temp folder
 
 
@@ -192,7 +192,7 @@ def test_model_class_without_export_is_refused(tmp_path):
 
 
 def test_bench_encoder_reports_both_directions(bundle, net):
-    from recsys.export.bench import bench_encoder
+    from recsys.bench.export import bench_encoder
 
     res = bench_encoder(bundle, onnx_encoder.ENCODERS["recsys.models.sequential.SASRec"].wrap(net).eval(),
                         batch_sizes=[1, 256], n_requests=20)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,14 @@ import pytest
 import torch
 
 from recsys.export import onnx_encoder
-from recsys.export.onnx_encoder import ExportError, export_query_encoder, torch_module_for_bundle
+from recsys.export.onnx_encoder import ExportError, ParitySpec, export_query_encoder, torch_module_for_bundle
 from recsys.serving.bundle import BundleError, RequestError
 from recsys.serving.encoder import QueryEncoderRuntime
 from tests.helpers import run
 
 N_ITEMS, MAX_HIST = 100, 20
 TRAIN = ["experiment=two_tower_synthetic", "data.n_users=1100", f"data.n_items={N_ITEMS}", "data.loader.n_requests=100",
-         f"datamodule.max_history={MAX_HIST}", "net.dim=32", "net.hidden=64", "~logger",
+         f"datamodule.max_history={MAX_HIST}", "net.arch.dim=32", "net.arch.hidden=64", "~logger",
          "trainer.enable_progress_bar=false", "trainer.max_epochs=1"]
 SIDE = ["user_id", "user_age_bucket", "user_group", "user_n_devices", "user_region"]
 
@@ -147,23 +148,22 @@ def test_tampered_bundle_is_refused(bundle, tmp_path):
 
 
 def test_failed_parity_leaves_nothing(tt_run, tmp_path, monkeypatch):
-    from recsys.cli.export_cmd import encoder_parity_data
+    from recsys.cli.runs import encoder_parity_data
 
     adapter = onnx_encoder.ENCODERS["recsys.models.two_tower.TwoTower"]
     d = encoder_parity_data(tt_run, adapter)
     with pytest.raises(ExportError, match="side inputs"):
-        export_query_encoder(tt_run, tmp_path / "e" / "x", d.histories, side={}, context=d.context)
+        export_query_encoder(tt_run, tmp_path / "e" / "x", replace(d, side={}))
     real = onnx_encoder.onnx_states
     monkeypatch.setattr(onnx_encoder, "onnx_states",
                         lambda s, x, batch_size=256, side=None: real(s, x, batch_size, side) + 1e-3)
     with pytest.raises(ExportError, match="parity check failed"):
-        export_query_encoder(tt_run, tmp_path / "e" / "x", d.histories, side=d.side, context=d.context,
-                             lengths=(4,), population=d.population)
+        export_query_encoder(tt_run, tmp_path / "e" / "x", d, ParitySpec(lengths=(4,)))
     assert list((tmp_path / "e").iterdir()) == []
 
 
 def test_bench_with_side_inputs(bundle, module):
-    from recsys.export.bench import bench_encoder
+    from recsys.bench.export import bench_encoder
 
     res = bench_encoder(bundle, module, batch_sizes=[1, 256], n_requests=20)
     assert res["side_inputs"] == SIDE and res["seq_len"] == MAX_HIST
@@ -174,7 +174,7 @@ def test_bench_with_side_inputs(bundle, module):
 def test_attention_pooling_user_tower_exports_with_a_symbolic_batch(tmp_path):
     """Attention pooling once specialised the batch dim under torch.export (len()
     of a tensor): the bundle must take any batch and pass parity."""
-    r = run("train", *TRAIN, "net.pooling=attention", f"paths.cache_dir={tmp_path / 'cache'}",
+    r = run("train", *TRAIN, "net.arch.pooling=attention", f"paths.cache_dir={tmp_path / 'cache'}",
             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     r = run("export", f"run={tmp_path / 'run'}", "name=att", f"hydra.run.dir={tmp_path / 'job'}",

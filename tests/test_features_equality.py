@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from recsys.features import asof, batch
 from recsys.features.definitions import ENTITIES, build_feature_set
+from recsys.features.events import scan_events
 from recsys.features.online import OnlineFeatures
 
 CFG = {"half_lives": ["1h", "1d"], "windows": [{"size": "1h", "bucket": "10m"}, {"size": "1d", "bucket": "6h"}],
@@ -48,7 +49,7 @@ def _assert_close(a: np.ndarray, b: np.ndarray, what: str) -> None:
 
 def check_all_paths(ev: pl.DataFrame, queries: list[float], batch_sizes: int) -> int:
     fs = build_feature_set(CFG)
-    lf = batch.scan_events(ev)
+    lf = scan_events(ev)
     params = batch.fit(lf, fs, float(np.median(ev["timestamp"].to_numpy())))
     ordered = ev.sort("timestamp", maintain_order=True)
     checked = 0
@@ -98,7 +99,7 @@ def test_equal_on_a_synthetic_world():
     from recsys.data.synthetic import SyntheticConfig, generate_world
 
     w = generate_world(SyntheticConfig(n_users=60, n_items=40, n_categories=3, n_requests=10, seed=3))
-    ev = batch.scan_events(w.events, items=w.items).collect()
+    ev = scan_events(w.events, items=w.items).collect()
     t = ev["timestamp"].to_numpy()
     assert check_all_paths(ev, [float(np.quantile(t, 0.5)), float(t.max()) + 3600.0], 257) > 1000
 

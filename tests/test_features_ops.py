@@ -9,6 +9,7 @@ import pytest
 
 from recsys.features import batch
 from recsys.features.definitions import build_feature_set
+from recsys.features.events import scan_events
 from recsys.features.online import OnlineFeatures
 from tests.helpers import run
 from tests.test_features_equality import CFG, random_events
@@ -17,7 +18,7 @@ from tests.test_features_equality import CFG, random_events
 def test_online_state_snapshot_and_restore(tmp_path):
     fs = build_feature_set(CFG)
     ev = random_events(np.random.default_rng(5), 300).sort("timestamp")
-    params = batch.fit(batch.scan_events(ev), fs, float(ev["timestamp"].median()))
+    params = batch.fit(scan_events(ev), fs, float(ev["timestamp"].median()))
     a = OnlineFeatures(fs, params)
     a.update(ev[:150])
     a.save(tmp_path / "state")
@@ -40,7 +41,7 @@ def test_read_user_is_fast_enough():
 
     fs = build_feature_set(CFG)
     ev = random_events(np.random.default_rng(1), 2000)
-    on = OnlineFeatures(fs, batch.fit(batch.scan_events(ev), fs, 1e5))
+    on = OnlineFeatures(fs, batch.fit(scan_events(ev), fs, 1e5))
     on.update(ev.sort("timestamp"))
     lat = []
     for _ in range(300):
@@ -127,10 +128,10 @@ def test_skew_reports_mismatches_per_feature(tmp_path):
         for u in ("u0", "u1", "u2"):
             rows.append({"user_id": u, "timestamp": float(q), **on.read_user(u, float(q))})
     logged = pl.DataFrame(rows)
-    clean = skew_report(logged, batch.scan_events(ev), fs, None)
+    clean = skew_report(logged, scan_events(ev), fs, None)
     assert clean["total_mismatches"] == 0 and clean["n_features"] > 20
     broken = logged.with_columns(pl.col("user_clicks") + 1, pl.col("user_dwell_mean") * 1.01)
-    res = skew_report(broken, batch.scan_events(ev), fs, None)
+    res = skew_report(broken, scan_events(ev), fs, None)
     assert res["n_features_with_mismatches"] == 2
     assert res["features"]["user_clicks"]["mismatches"] == len(rows)
 
@@ -151,7 +152,7 @@ def test_build_and_erase_leave_nothing_of_the_user(tmp_path):
     res = run("data", "erase", f"user_id={victim}", f"events={path}", f"features_dir={out}",
               f"online_state={out / 'online_state'}", f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    from recsys.cli.features_cmd import find_user
+    from recsys.features.erasure import find_user
 
     assert find_user(victim, [str(path), str(out)]) == []
     s = json.loads((tmp_path / "run2" / "summary.json").read_text())
@@ -189,11 +190,11 @@ def test_ranker_table_gains_point_in_time_behavioural_features():
 def test_small_read_paths_match_the_general_ones():
     """The few-key evaluate block, the flat write buffer and read_user give the
     values of the per-feature loop and of read() exactly."""
-    from recsys.features.definitions import SMALL_ROWS, evaluate
+    from recsys.features.transforms import SMALL_ROWS, evaluate
 
     fs = build_feature_set(CFG)
     ev = random_events(np.random.default_rng(11), 400).sort("timestamp")
-    params = batch.fit(batch.scan_events(ev), fs, float(ev["timestamp"].median()))
+    params = batch.fit(scan_events(ev), fs, float(ev["timestamp"].median()))
     on = OnlineFeatures(fs, params, buffer_size=64)
     for r in ev[:300].iter_rows(named=True):
         on.ingest_event(r)

@@ -7,6 +7,7 @@ import pytest
 
 from recsys.features import batch
 from recsys.features.definitions import build_feature_set
+from recsys.features.events import scan_events
 from recsys.features.pointintime import build_training_set
 from recsys.utils.errors import DataError
 from tests.test_features_equality import CFG, random_events
@@ -29,7 +30,7 @@ def test_no_feature_uses_a_later_event(world):
     events = pl.from_arrow(world.events)
     items = pl.from_arrow(world.items).select("item_id", "category")
     ex = _examples(world)
-    params = batch.fit(batch.scan_events(events, items=items), fs, float(ex["timestamp"].min()))
+    params = batch.fit(scan_events(events, items=items), fs, float(ex["timestamp"].min()))
     full, info = build_training_set(events, ex, fs, params=params, items=items)
     names = [c for c in full.columns if c not in ex.columns and c != "category"]
     assert len(names) == info["n_features"] > 40
@@ -76,7 +77,7 @@ def test_ttl_drops_old_events():
     ev = random_events(rng, 300, span=10 * 86400.0)
     fs = build_feature_set(CFG)
     T = 10 * 86400.0
-    kept = apply_ttl(batch.scan_events(ev), T, "2d")
+    kept = apply_ttl(scan_events(ev), T, "2d")
     snap = batch.snapshot(kept, fs, T, None)
     direct = batch.snapshot(ev.filter(pl.col("timestamp") >= T - 2 * 86400.0), fs, T, None)
     from polars.testing import assert_frame_equal

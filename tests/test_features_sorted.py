@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 
 from recsys.features import asof, batch, sorted_pass
 from recsys.features.definitions import ENTITIES, SOURCES, build_feature_set
+from recsys.features.encode import dict_codes, encode_events
+from recsys.features.events import scan_events
+from recsys.features.session_counts import session_counts
 from tests.test_features_equality import CFG, _assert_close, _keys, random_events
 
 
@@ -38,7 +41,7 @@ def test_sorted_pass_variants_agree(seed, n, frac):
     ev = random_events(rng, n)
     as_of = float(ev["timestamp"].min() + frac * (ev["timestamp"].max() - ev["timestamp"].min())) + 1e-3
     fs = build_feature_set(CFG)
-    enc = batch.encode_events(batch.scan_events(ev).collect(), as_of)
+    enc = encode_events(scan_events(ev).collect(), as_of)
     accs = {e: fs.entity_accumulators(e) for e in fs.entities}
     base = sorted_pass.sorted_accumulators(enc, accs, as_of)
     variants = {"chunks of 3 rows": {"chunk": 3}, "chunks of 3 rows on 2 threads": {"chunk": 3, "threads": 2},
@@ -67,8 +70,8 @@ def test_items_with_several_categories_put_the_category_in_the_key():
     ev = ev.with_columns(category=pl.Series([f"c{k}" for k in rng.integers(0, 3, len(ev))]))
     fs = build_feature_set(CFG)
     q = float(ev["timestamp"].quantile(0.7))
-    lf = batch.scan_events(ev)
-    enc = batch.encode_events(ev, q)
+    lf = scan_events(ev)
+    enc = encode_events(ev, q)
     assert sorted_pass.item_category(enc.ids["item_id"], enc.ids["category"], len(enc.dicts["item_id"])) is None
     snap = batch.snapshot(lf, fs, q, None)
     for entity, df in snap.items():
@@ -101,11 +104,11 @@ def test_dictionary_codes_unify_chunks_once_per_dictionary():
     chunks = [pa.DictionaryArray.from_arrays(pa.array([0, 2, None], pa.int32()), shared),
               pa.DictionaryArray.from_arrays(pa.array([1, 1], pa.int32()), shared),
               pa.DictionaryArray.from_arrays(pa.array([0, 1, 2], pa.int32()), other)]
-    codes, dictionary = batch._dict_codes(pa.chunked_array(chunks))
+    codes, dictionary = dict_codes(pa.chunked_array(chunks))
     got = [dictionary[int(c)].as_py() if c >= 0 else None for c in codes]
     assert got == ["a", "c", None, "b", "b", "c", "d", None]
     assert len(dictionary) == 4  # a b c d; a null dictionary value is a null key (-1)
-    plain, d2 = batch._dict_codes(pa.chunked_array([pa.array(["x", None]), pa.array(["y", "x"])]))
+    plain, d2 = dict_codes(pa.chunked_array([pa.array(["x", None]), pa.array(["y", "x"])]))
     assert [d2[int(c)].as_py() if c >= 0 else None for c in plain] == ["x", None, "y", "x"]
 
 
@@ -113,7 +116,7 @@ def test_encoding_restores_the_arrow_memory_pool(tmp_path):
     path = tmp_path / "ev.parquet"
     random_events(np.random.default_rng(0), 50).write_parquet(path)
     before = pa.default_memory_pool().backend_name
-    enc = batch.encode_events(path, 1e9)
+    enc = encode_events(path, 1e9)
     assert pa.default_memory_pool().backend_name == before
     assert enc.n == 50 and (enc.code >= -1).all()
 
@@ -129,11 +132,11 @@ def test_session_counts_match_the_as_of_path(shared):
         assert ev.group_by("session_id").agg(pl.col("user_id").n_unique())["user_id"].max() > 1
     fs = build_feature_set(CFG)
     q = float(ev["timestamp"].quantile(0.8))
-    lf = batch.scan_events(ev)
-    enc = batch.encode_events(ev, q)
+    lf = scan_events(ev)
+    enc = encode_events(ev, q)
     sess = [a for a in fs.entity_accumulators("user") if SOURCES[a.source].session]
-    small = batch._session_counts(enc, sess, chunk=7)
-    whole = batch._session_counts(enc, sess)
+    small = session_counts(enc, sess, chunk=7)
+    whole = session_counts(enc, sess)
     users = batch.snapshot(lf, fs, q, None)["user"]
     past = asof.asof_features(lf, fs, "user", users.select("user_id").with_columns(timestamp=pl.lit(q)), None)
     codes = {u: i for i, u in enumerate(enc.dicts["user_id"].to_pylist())}

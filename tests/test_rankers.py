@@ -10,7 +10,7 @@ from recsys.data.synthetic import SyntheticConfig, generate_world
 from recsys.evaluation.binary import expected_calibration_error, log_loss, roc_auc
 from recsys.features.ranker import CATEGORICAL, DENSE, build_ranker_features, prior_counts
 from recsys.models.rankers import DCNv2, MLPRanker
-from recsys.training.ranker_data import RankerDataModule, position_popularity_baseline, time_split
+from recsys.training.ranker.data import RankerDataModule, position_popularity_baseline, time_split
 
 VOCAB = {"user": 11, "item": 21, "position": 5}
 
@@ -119,7 +119,7 @@ def test_binary_metrics():
 def test_tiny_training_beats_position_popularity_baseline(world):
     import pytorch_lightning as L
 
-    from recsys.training.ranker_module import RankerModule
+    from recsys.training.ranker.module import RankerModule
 
     L.seed_everything(0, verbose=False)
     dm = RankerDataModule(world=world, batch_size=512, val_fraction=0.1, test_fraction=0.2)
@@ -165,7 +165,7 @@ def test_rank_train_command_writes_summary_and_model(tmp_path):
 
 
 def test_slate_ndcg_by_hand():
-    from recsys.training.ranker_metrics import slate_ndcg
+    from recsys.evaluation.slates import slate_ndcg
 
     group = np.array([7, 7, 7, 2, 2, 9, 9])
     label = np.array([0, 1, 0, 1, 0, 0, 0])
@@ -180,7 +180,7 @@ def test_slate_ndcg_by_hand():
 
 
 def test_reliability_table_and_plot(tmp_path):
-    from recsys.training.ranker_metrics import reliability_plot
+    from recsys.evaluation.calibration import reliability_plot
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, 20000)

@@ -16,8 +16,9 @@ from recsys.evaluation.ranking import evaluate_ranking
 from recsys.models.sequential import SASRec
 from recsys.artifacts.models import load_model
 from recsys.training.losses import FullSoftmaxCE
-from recsys.training.seq_data import SequenceDataModule
-from recsys.training.seq_module import SequentialRecModule
+from recsys.training.sequence.batches import EvalBatch, MaskedBatch, SequenceBatch
+from recsys.training.sequence.data import SequenceDataModule
+from recsys.training.sequence.module import SequentialRecModule
 from tests.helpers import run
 
 TINY = ["data.n_users=400", "data.n_items=120", "datamodule.max_len=20", "net.hidden=32", "~logger",
@@ -122,3 +123,20 @@ def test_sasrec_learns_the_planted_sequential_pattern(tiny_setup):
     es = split.test
     pop_ndcg = evaluate_ranking(pop.score, es.users, es.history, es.targets, data.n_items, device="cpu").metrics["ndcg@10"]
     assert module.results["test"]["test/ndcg@10"] > 1.5 * pop_ndcg
+
+
+def test_batches_are_typed_and_evaluation_batches_carry_what_scoring_needs(tiny_setup):
+    data, split = tiny_setup
+    dm = SequenceDataModule(split, data.n_items, max_len=20, batch_size=64, eval_batch_size=50)
+    b = next(iter(dm.train_dataloader()))
+    assert isinstance(b, SequenceBatch) and b.input.shape == b.labels.shape and len(b.to("cpu")) == 64
+    masked = SequenceDataModule(split, data.n_items, max_len=20, task="masked", batch_size=64)
+    assert isinstance(next(iter(masked.train_dataloader())), MaskedBatch)
+    e = next(iter(dm.test_dataloader()))
+    assert isinstance(e, EvalBatch) and len(e) == 50 and e.history.n_rows == e.targets.n_rows == 50
+    assert e.to("cpu").history is e.history  # CSRs stay where they are; tensors move
+    # scoring an evaluation batch needs no trainer and equals scoring the rows of the EvalSet
+    torch.manual_seed(0)
+    module = SequentialRecModule(SASRec(data.n_items, max_len=20, hidden=32), FullSoftmaxCE(), torch.optim.Adam)
+    module.eval()
+    assert torch.equal(module.score_sequences(e.seq, e.history), module.score_histories(e.rows.numpy(), split.test))

@@ -17,19 +17,21 @@ from recsys.data.splits import LeaveOneOut
 from recsys.data.synthetic_source import SyntheticLoader
 from recsys.evaluation.ranking import evaluate_ranking
 from recsys.models.baselines import Popularity, RandomScores
-from recsys.models.two_tower import ID, TwoTower
+from recsys.models.two_tower import ID, ItemInputs, TowerArch, TwoTower, UserInputs
 from recsys.artifacts.models import load_model
 from recsys.training.baselines import EvalOptions, evaluate_split
-from recsys.training.cold_start import CategoryPopularity, cold_start_split, evaluate_cold, item_category_lists
-from recsys.training.two_tower_data import FeatureTable, TwoTowerDataModule, history_matrix
+from recsys.training.sequence.data import left_pad
+from recsys.training.two_tower.cold_start import (CategoryPopularity, cold_start_split, evaluate_cold,
+                                                  item_category_lists)
+from recsys.training.two_tower.data import FeatureTable, LoaderSpec, TwoTowerDataModule, history_matrix
 from recsys.artifacts.embeddings import write_run_embeddings as write_embeddings
-from recsys.training.two_tower_fit import fit_two_tower
-from recsys.training.two_tower_module import TwoTowerModule, in_batch_softmax_loss, own_positive_mask
+from recsys.training.two_tower.fit import fit
+from recsys.training.two_tower.module import TwoTowerModule, in_batch_softmax_loss, own_positive_mask
 from recsys.utils.errors import DataError
 from tests.helpers import run
 
 TINY = ["data.n_users=300", "data.n_items=100", "data.loader.n_requests=100", "datamodule.max_history=20",
-        "net.dim=32", "net.hidden=64", "~logger", "trainer.enable_progress_bar=false"]
+        "net.arch.dim=32", "net.arch.hidden=64", "~logger", "trainer.enable_progress_bar=false"]
 
 
 # ---- loss -----------------------------------------------------------------
@@ -91,7 +93,7 @@ def test_cold_item_gets_a_nonzero_vector_from_its_features_only():
     assert ft.vocab == {"genre": ["x", "y"], "tags": ["t1", "t2"]}
     ic, im = ft.sizes()
     torch.manual_seed(0)
-    net = TwoTower(n_items=3, dim=8, hidden=16, n_item_buckets=64, item_categorical=ic, item_multi_hot=im)
+    net = TwoTower(3, ItemInputs(n_id_buckets=64, categorical=ic, multi_hot=im), arch=TowerArch(dim=8, hidden=16))
     v = net.item_vectors(ft.tensors)
     assert v[3].abs().sum() > 0
     # the cold vector is a function of the features: other features, other vector
@@ -113,8 +115,8 @@ def test_bad_feature_columns_are_data_errors():
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_user_vectors_depend_on_history_and_ignore_padding(pooling):
     torch.manual_seed(0)
-    net = TwoTower(n_items=5, dim=8, hidden=16, n_item_buckets=32, n_user_buckets=8, pooling=pooling,
-                   max_history=4, user_categorical={"g": 3})
+    net = TwoTower(5, ItemInputs(n_id_buckets=32), UserInputs(n_id_buckets=8, categorical={"g": 3}, max_history=4),
+                   TowerArch(dim=8, hidden=16, pooling=pooling))
     item_vecs = torch.randn(6, 8)
     item_vecs[0] = 0
     uid, feats = torch.tensor([1, 1]), {"g": torch.tensor([1, 1])}
@@ -127,6 +129,24 @@ def test_user_vectors_depend_on_history_and_ignore_padding(pooling):
     # empty history still gives a finite vector (from id and features)
     assert net.user_vectors(uid[:1], torch.zeros(1, 4, dtype=torch.long), {"g": torch.tensor([2])},
                             item_vecs).isfinite().all()
+
+
+def test_specs_rebuild_from_model_args_and_refuse_unknown_options():
+    inputs = dict(items=ItemInputs(n_id_buckets=16, multi_hot={"tags": 4}),
+                  users=UserInputs(n_id_buckets=8, categorical={"g": 3}, max_history=6),
+                  arch=TowerArch(dim=8, hidden=16, pooling="attention", normalize=True))
+    torch.manual_seed(0)
+    net = TwoTower(7, **inputs)
+    args = json.loads(json.dumps(net.model_args()))  # what model_args.json holds
+    torch.manual_seed(0)
+    again = TwoTower(**args)  # plain dicts, as rebuild_net passes them
+    assert again.model_args() == args and again.max_history == 6 and again.normalize
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert list(net.state_dict()) == list(again.state_dict())
+    with pytest.raises(TypeError, match=r"arch: unknown option\(s\) \['dimm'\]"):
+        TwoTower(7, arch={"dimm": 8})
+    # no ids and no features: the item tower falls back to hashed ids (2 n + 1 buckets)
+    assert TwoTower(7).item_tower.features.id_emb.num_embeddings == 16
 
 
 # ---- training + exact evaluation on synthetic data ------------------------------
@@ -142,19 +162,18 @@ def _fit(data, split, epochs=8, seed=0, **module_kw):
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
                         check_val_every_n_epoch=1000)
-    return fit_two_tower(
-        data, split, trainer, datamodule=lambda **kw: TwoTowerDataModule(**kw, max_history=20, batch_size=128, seed=seed),
-        net=lambda **kw: TwoTower(**kw, dim=32, hidden=64),
-        module=lambda net: TwoTowerModule(net, lambda p: torch.optim.AdamW(p, lr=3e-3), seed=seed, **module_kw)), trainer
+    dm = TwoTowerDataModule(data, split, max_history=20, loader=LoaderSpec(batch_size=128, seed=seed))
+    net = TwoTower(**dm.net_args(), arch=TowerArch(dim=32, hidden=64))
+    mod = TwoTowerModule(net, lambda p: torch.optim.AdamW(p, lr=3e-3), seed=seed, **module_kw)
+    return fit(trainer, mod, dm, data, split), trainer, mod, dm
 
 
 def test_tiny_run_beats_popularity_and_eval_is_batch_size_invariant(syn):
     data, split = syn
-    info, trainer = _fit(data, split)
+    info, trainer, mod, dm = _fit(data, split)
     pop = evaluate_split(Popularity(), data, split, EvalOptions(item_category_column=None, device="cpu"))
     assert info["metrics"]["test/ndcg@10"] > pop["test/ndcg@10"] + 0.02
     assert info["metrics"]["test/recall@20"] > pop["test/recall@20"]
-    mod, dm = info["module"], info["datamodule"]
     results = []
     for bs in (1, 13, 4096):
         dm.eval_batch_size = bs
@@ -175,14 +194,12 @@ def test_cold_start_features_beat_random_on_withheld_items(syn):
     warm_items = cs.split.train_arrays()[1]
     assert not np.isin(warm_items, cs.cold_items).any() and len(cs.cold) > 0
     assert np.isin(cs.cold.targets.indices, cs.cold_items).all()
-    info, _ = _fit(cs.warm_data, cs.split, epochs=8, id_dropout=0.3)
-    mod, dm = info["module"], info["datamodule"]
+    _, _, mod, dm = _fit(cs.warm_data, cs.split, epochs=8, id_dropout=0.3)
     assert int(dm.items.tensors[ID][torch.as_tensor(cs.cold_items)].abs().sum()) == 0
     mod.eval()
     vecs = mod.all_item_vectors()
     assert (vecs[torch.as_tensor(cs.cold_items)].abs().sum(1) > 0).all()
     rows = {int(u): r for r, u in enumerate(cs.cold.users)}
-    from recsys.training.seq_data import left_pad
 
     def score(users, history):
         h = left_pad(cs.cold.history.take(np.array([rows[int(u)] for u in users])), dm.max_history)

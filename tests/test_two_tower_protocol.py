@@ -8,14 +8,17 @@ import pytorch_lightning as L
 import torch
 
 from recsys.data.splits import TemporalSplit
-from recsys.models.two_tower import TwoTower
+from recsys.models.two_tower import TowerArch, TwoTower
 from recsys.training.baselines import EvalOptions, evaluate_split
-from recsys.training.seq_data import left_pad
-from recsys.training.two_tower_data import TwoTowerDataModule
-from recsys.training.two_tower_fit import fit_two_tower
-from recsys.training.two_tower_module import TwoTowerModule
+from recsys.training.sequence.data import left_pad
+from recsys.training.two_tower.data import FeatureSpec, LoaderSpec, TwoTowerDataModule
+from recsys.training.two_tower.fit import fit
+from recsys.training.two_tower.module import TwoTowerModule
 from recsys.utils.sparse import CSR
 from tests.helpers import prepared
+
+
+NO_FEATURES = FeatureSpec(item_categorical=[], item_multi_hot=[], user_categorical=[])
 
 
 class _Spy:
@@ -49,14 +52,10 @@ def test_two_tower_fits_on_and_sees_the_same_data_as_the_baselines(temporal):
                         use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
                         accelerator="cpu", devices=1)
     max_history = 8
-    info = fit_two_tower(data, split, trainer,
-                         datamodule=lambda **kw: TwoTowerDataModule(**kw, max_history=max_history, batch_size=64,
-                                                                    item_categorical=[], item_multi_hot=[],
-                                                                    user_categorical=[]),
-                         net=lambda **kw: TwoTower(**kw, dim=8, hidden=16, pooling="attention"),
-                         module=lambda net: TwoTowerModule(net, lambda p: torch.optim.AdamW(p, lr=1e-3)),
-                         category_column=None)
-    mod, dm = info["module"], info["datamodule"]
+    dm = TwoTowerDataModule(data, split, max_history, NO_FEATURES, LoaderSpec(batch_size=64))
+    mod = TwoTowerModule(TwoTower(**dm.net_args(), arch=TowerArch(dim=8, hidden=16, pooling="attention")),
+                         lambda p: torch.optim.AdamW(p, lr=1e-3))
+    fit(trainer, mod, dm, data, split, category_column=None)
     # fit data: the same interactions, all before the validation cut-off
     tt_pairs = list(zip(dm.train_set.users.tolist(), dm.train_set.pos.tolist()))
     assert tt_pairs == spy.fit_pairs
@@ -93,9 +92,8 @@ def test_user_id_dropout_hides_user_ids_in_training(temporal, user_id_dropout):
     trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
                         limit_val_batches=0, accelerator="cpu", devices=1)
-    dm = TwoTowerDataModule(data, split, max_history=8, batch_size=64, item_categorical=[], item_multi_hot=[],
-                            user_categorical=[])
-    net = TwoTower(**dm.net_args(), dim=8, hidden=16)
+    dm = TwoTowerDataModule(data, split, max_history=8, features=NO_FEATURES, loader=LoaderSpec(batch_size=64))
+    net = TwoTower(**dm.net_args(), arch=TowerArch(dim=8, hidden=16))
     before = net.user_tower.features.id_emb.weight.detach().clone()
     mod = TwoTowerModule(net, lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
                          user_id_dropout=user_id_dropout)
@@ -122,7 +120,9 @@ def test_temporal_preset_matches_the_study_settings():
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose("train", overrides=["experiment=two_tower_ml100k_temporal"])
     assert cfg.split._target_.endswith("TemporalSplit") and cfg.pipeline == "two_tower"
-    for part, node in (("net", cfg.net), ("module", cfg.module), ("dm", cfg.datamodule)):
+    dm = cfg.datamodule  # the study's settings are flat; the config nests the specs
+    flat_dm = {"max_history": dm.max_history, **dm.features, **dm.loader}
+    for part, node in (("net", cfg.net.arch), ("module", cfg.module), ("dm", flat_dm)):
         for k, v in s[part].items():
             assert node[k] == v, (part, k)
     assert cfg.module.optimizer.lr == s["opt"]["lr"] and cfg.trainer.max_epochs == s["train"]["max_epochs"]

@@ -52,3 +52,31 @@ def format_table(rows: dict[str, dict[str, float]], columns: list[str], label: s
         cells = "  ".join(f"{vals.get(c, float('nan')):>12.4f}" for c in columns)
         lines.append(f"{name:<{name_w}}  {cells}")
     return "\n".join(lines)
+
+
+def build_trainer(cfg: DictConfig, out: Path) -> Any:
+    """``cfg.trainer`` with the callbacks of ``cfg.callbacks`` and ``cfg.logger``
+    (none when absent or null), its default root at ``out``."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    return instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=logger, default_root_dir=str(out))
+
+
+def build_sequence_model(cfg: DictConfig, data: PreparedData, split: Any) -> tuple[Any, Any]:
+    """``(datamodule, module)`` of the sequence wing from ``cfg.datamodule``, ``cfg.net``,
+    ``cfg.loss`` and ``cfg.module`` (``recsys train`` and ``recsys demo``)."""
+    # objects are passed through partials: hydra would turn a dataclass argument into a config
+    dm = instantiate(cfg.datamodule, _partial_=True)(split=split, n_items=data.n_items)
+    net = instantiate(cfg.net, n_items=data.n_items)
+    return dm, instantiate(cfg.module, _partial_=True)(net=net, loss=instantiate(cfg.loss))
+
+
+def build_ranker(cfg: DictConfig, table: Any) -> tuple[Any, Any]:
+    """``(datamodule, module)`` of the ranker wing over a feature ``table`` from
+    ``cfg.datamodule``, ``cfg.ranker`` (sized by the table) and ``cfg.optimizer``
+    (``configs/rank_train.yaml``: ``recsys rank train`` and the demo's ranker stage)."""
+    from recsys.training.ranker.module import RankerModule
+
+    dm = instantiate(cfg.datamodule, _partial_=True)(table=table)
+    net = instantiate(cfg.ranker, _partial_=True)(vocab_sizes=dm.table.vocab_sizes, dense_features=dm.table.dense)
+    return dm, RankerModule(net, optimizer=instantiate(cfg.optimizer), input_names=net.input_names)

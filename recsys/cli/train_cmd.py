@@ -2,9 +2,9 @@
 (early stopping on a validation metric) -> best checkpoint -> exact val/test
 evaluation -> run directory (checkpoints/, model/, summary.json).
 
-The config's ``pipeline`` key (set by experiment presets) chooses the fit
-function: ``sequence`` (default: SASRec, BERT4Rec, GRU4Rec) or ``two_tower``
-(which also writes ``embeddings/`` for the retrieval index).
+The config's ``pipeline`` key (set by experiment presets) chooses the wing:
+``sequence`` (default: SASRec, BERT4Rec, GRU4Rec; :func:`recsys.training.sequence.fit.fit`)
+or ``two_tower`` (which also writes ``embeddings/`` for the retrieval index).
 
 ``resume=<path>`` is checked before any data is prepared
 (:func:`recsys.training.checkpoints.verify_checkpoint`): a local file only (URLs are
@@ -23,59 +23,35 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.cli.common import data_lineage, format_table, load_data, write_summary
+from recsys.cli.common import build_sequence_model, build_trainer, data_lineage, format_table, load_data, write_summary
 
 TABLE = [f"test/{m}" for m in ("hr@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr")]
 
 
-def fit_sequence_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> dict[str, Any]:
-    """Build datamodule, net, loss, module, callbacks, logger and trainer from
-    ``cfg``; fit; evaluate the best checkpoint on validation and test; save the
-    model (rank 0). Returns metrics, timings, the model name and artifacts."""
+def fit_sequence(cfg: DictConfig, data: Any, split: Any, out: Path) -> dict[str, Any]:
+    from recsys.training.sequence.fit import fit
+
+    dm, module = build_sequence_model(cfg, data, split)
+    return fit(build_trainer(cfg, out), module, dm, data, split, out, resume=cfg.get("resume"),
+               net_args=OmegaConf.to_container(cfg.net, resolve=True))
+
+
+def fit_two_tower(cfg: DictConfig, data: Any, split: Any, out: Path) -> dict[str, Any]:
+    """The two-tower wing: datamodule on the data, ``TwoTower(**dm.net_args(), arch=cfg.net.arch)``,
+    module around it, then :func:`recsys.training.two_tower.fit.fit` (``model/`` with
+    ``features.json``, and ``embeddings/``)."""
+    from recsys.training.two_tower.fit import fit
+
+    trainer = build_trainer(cfg, out)
     # objects are passed through partials: hydra would turn a dataclass argument into a config
-    dm = instantiate(cfg.datamodule, _partial_=True)(split=split, n_items=data.n_items)
-    net_args = OmegaConf.to_container(cfg.net, resolve=True)
-    net = instantiate(cfg.net, n_items=data.n_items)
-    module = instantiate(cfg.module, _partial_=True)(net=net, loss=instantiate(cfg.loss))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=logger, default_root_dir=str(out))
-    from recsys.training.fit_eval import fit_and_evaluate
-
-    out_info = fit_and_evaluate(trainer, module, dm, data, split, ckpt_path=cfg.get("resume"))
-    out_info["model"] = f"{type(net).__name__}/{type(module.loss).__name__}"
-    if trainer.global_rank == 0:
-        from recsys.artifacts.models import save_model
-
-        net_args.pop("_target_", None)
-        out_info["artifacts"] = save_model(module.net, {**net_args, "n_items": data.n_items}, out / "model")
-        if hasattr(module.net, "next_item_state"):  # item table + user states for `recsys index build source=<run>`
-            from recsys.training.seq_embeddings import write_sequence_embeddings
-
-            emb = write_sequence_embeddings(module.net, data, split, out / "embeddings", run=str(out))
-            out_info["artifacts"]["embeddings"] = emb["directory"]
-    return out_info
+    dm = instantiate(cfg.datamodule, _partial_=True)(data=data, split=split)
+    net = instantiate(cfg.net, _partial_=True)(**dm.net_args())  # n_items, items, users: from the data
+    module = instantiate(cfg.module, _partial_=True)(net=net)
+    return fit(trainer, module, dm, data, split, out, resume=cfg.get("resume"))
 
 
-def fit_two_tower_model(cfg: DictConfig, data: Any, split: Any, out: Path) -> dict[str, Any]:
-    """The two-tower pipeline (``pipeline: two_tower``): same run-directory contract,
-    plus ``model/features.json`` and ``embeddings/``."""
-    from recsys.training.two_tower_fit import fit_two_tower
-
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=logger, default_root_dir=str(out))
-    info = fit_two_tower(data, split, trainer, datamodule=instantiate(cfg.datamodule, _partial_=True),
-                         net=instantiate(cfg.net, _partial_=True), module=instantiate(cfg.module, _partial_=True),
-                         out=out, net_args=OmegaConf.to_container(cfg.net, resolve=True), ckpt_path=cfg.get("resume"))
-    info.pop("module"), info.pop("datamodule")
-    if "embeddings" in info:
-        info["artifacts"]["embeddings"] = info.pop("embeddings")["directory"]
-    return info
-
-
-#: ``pipeline:`` in the config (set by experiment presets) -> fit function
-PIPELINES = {"sequence": fit_sequence_model, "two_tower": fit_two_tower_model}
+#: ``pipeline:`` in the config (set by experiment presets) -> the wing's fit
+PIPELINES = {"sequence": fit_sequence, "two_tower": fit_two_tower}
 
 
 def train(cfg: DictConfig) -> dict:

@@ -1,6 +1,7 @@
 """Export a query encoder (a sequence model's next-item state) to an ONNX bundle.
 
-``export_query_encoder(run_dir, out_dir, histories)`` rebuilds the net of
+``export_query_encoder(run_dir, out_dir, users, parity)`` (``users``: an
+:class:`EncoderData` of real users, ``parity``: a :class:`ParitySpec`) rebuilds the net of
 ``<run>/model`` (``model_args.json`` + ``weights.safetensors``, checksum
 verified), looks its class up in :data:`ENCODERS`, and writes::
 
@@ -44,6 +45,7 @@ import logging
 import time
 import warnings
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -194,22 +196,57 @@ def _example_length(lengths: Sequence[int], max_len: int | None) -> int:
     raise ExportError(f"no example length outside the parity lengths {list(lengths)} (max_len {max_len})")
 
 
-def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CSR, name: str | None = None,
-                         opset: int = OPSET, tolerance: float = PARITY_TOLERANCE, min_users: int = 1000,
-                         lengths: Sequence[int] = PARITY_LENGTHS, k: int = 10,
-                         min_topk_agreement: float = MIN_TOPK_AGREEMENT,
-                         data_fingerprint: str | None = None, history_source: str | None = None,
-                         side: dict[str, np.ndarray] | None = None, context: Any = None,
-                         population: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ParitySpec:
+    """What the export's parity check demands (``encoder:`` in ``configs/export.yaml``).
+
+    Args:
+        tolerance (float): max |torch - ORT| state difference.
+        min_users (int): user histories with items needed (``min(min_users, population)``
+            when the data has only ``population`` users).
+        lengths (tuple[int, ...]): each history cut to its last L items; lengths above the
+            model's ``max_len`` are clipped to it.
+        k (int): top-k lists compared (padding and input items excluded).
+        min_topk_agreement (float): share of users whose top-k must be identical.
+    """
+
+    tolerance: float = PARITY_TOLERANCE
+    min_users: int = 1000
+    lengths: tuple[int, ...] = PARITY_LENGTHS
+    k: int = 10
+    min_topk_agreement: float = MIN_TOPK_AGREEMENT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
+
+
+def export_query_encoder(run_dir: str | Path, out_dir: str | Path, users: EncoderData,
+                         parity: ParitySpec | None = None, *, name: str | None = None, opset: int = OPSET,
+                         overwrite: bool = False) -> dict[str, Any]:
     """Export ``<run_dir>/model`` as a query-encoder bundle at ``out_dir`` (atomically).
 
-    ``histories``: real user histories (CSR of item ids, time order), e.g. the
-    test split's. Users with no items are dropped; at least ``min_users`` must remain
-    (``min(min_users, population)`` when the data has only ``population`` users).
-    Multi-input encoders: ``side`` ``{input: (n_rows,) int64}`` aligned with
-    ``histories`` and the ``context`` their adapter's ``bind`` needs.
-    Parity lengths above the model's ``max_len`` are clipped to it. Returns the manifest.
+    Args:
+        run_dir: a ``recsys train`` run with a registered encoder class in ``model/``.
+        out_dir: the bundle folder (replaced only if it is a bundle of this kind, or ``overwrite``).
+        users: real users for the parity check (:class:`~recsys.export.adapters.EncoderData`):
+            ``histories`` (CSR of item ids, time order, e.g. the test split's; users with no
+            items are dropped), for multi-input encoders ``side`` ``{input: (n_rows,) int64}``
+            aligned with them and the ``context`` their adapter's ``bind`` needs; ``population``,
+            ``source`` and ``fingerprint`` go to the manifest.
+        parity: thresholds (default :class:`ParitySpec`).
+        name: the bundle's name in the manifest (default: ``out_dir``'s name).
+
+    Example::
+
+        export_query_encoder(run, "export/q", EncoderData(split.test.history, fingerprint=data.fingerprint),
+                             ParitySpec(lengths=(5, 17, 50)), name="q")
+
+    Returns the manifest.
     """
+    spec = parity or ParitySpec()
+    tolerance, min_users, lengths, k = spec.tolerance, spec.min_users, spec.lengths, spec.k
+    min_topk_agreement = spec.min_topk_agreement
+    histories, context, population = users.histories, users.context, users.population
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model_dir = run_dir / "model"
     cls = model_class(model_dir)
@@ -223,7 +260,7 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
     n_rows_table, dim = table_t.shape
     max_len = bound.max_len
     specs = list(bound.side_inputs)
-    side = dict(side or {})
+    side = dict(users.side or {})
     if sorted(side) != sorted(s.name for s in specs):
         raise ExportError(f"{run_dir}: the encoder takes side inputs {[s.name for s in specs]}, "
                           f"the parity data gives {sorted(side)}")
@@ -269,10 +306,10 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
                               f"({type(e).__name__}: {first})") from None
         worst = max(p["max_abs_diff"] for p in by_len)
         agree = min(p["topk_agreement"] for p in by_len)
-        parity = {"users": histories.n_rows, "lengths": eval_lengths, "example_length": ex_len, "k": k,
+        report = {"users": histories.n_rows, "lengths": eval_lengths, "example_length": ex_len, "k": k,
                   "max_abs_diff": worst, "min_topk_agreement": agree, "by_length": by_len,
                   "tolerance": tolerance, "required_topk_agreement": min_topk_agreement,
-                  "history_source": history_source, "min_users": need, "population": population,
+                  "history_source": users.source, "min_users": need, "population": population,
                   "side_inputs": [s.name for s in specs]}
         if not (worst <= tolerance and agree >= min_topk_agreement):
             raise ExportError(f"parity check failed for {run_dir}: max |torch - onnx| state = {worst:.3g} "
@@ -300,9 +337,9 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, histories: CS
             "n_items": int(n_rows_table - 1),
             "opset": opsets.get("ai.onnx", opset), "opset_imports": opsets,
             "versions": {**versions(), "onnx": onnx.__version__}, "git_commit": git_commit(),
-            "data_fingerprint": data_fingerprint or (summary.get("data") or {}).get("fingerprint"),
+            "data_fingerprint": users.fingerprint or (summary.get("data") or {}).get("fingerprint"),
             "test_metrics": {k_: v for k_, v in summary.items() if k_.startswith("test/") and "@10" in k_},
-            "parity": parity, "export_s": export_s,
+            "parity": report, "export_s": export_s,
         })
     return draft.manifest
 

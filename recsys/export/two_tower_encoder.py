@@ -29,10 +29,10 @@ from torch import nn
 
 from recsys.export.adapters import BoundEncoder, EncoderData, QueryEncoderAdapter, SideInput
 from recsys.export.errors import ExportError
+from recsys.models.two_tower import ID
 
 CLASS = "recsys.models.two_tower.TwoTower"
 USER_ID_INPUT = "user_id"
-ID = "id"  # recsys.models.two_tower.ID
 
 
 class UserTowerQuery(nn.Module):

@@ -13,8 +13,9 @@ from typing import Any, Mapping
 import numpy as np
 import polars as pl
 
-from recsys.features.batch import scan_events
-from recsys.features.definitions import BEHAVIOURAL, ENTITIES, SOURCES, Accumulator, FeatureSet, evaluate
+from recsys.features.definitions import BEHAVIOURAL, ENTITIES, SOURCES, Accumulator, FeatureSet
+from recsys.features.events import scan_events
+from recsys.features.transforms import evaluate
 
 
 # ---------------------------------------------------------------- source weights (polars)

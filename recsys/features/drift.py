@@ -124,3 +124,13 @@ def drift_report(reference: pl.DataFrame, current: pl.DataFrame, out_dir: str | 
                "n_reference": reference.height, "n_current": current.height, "features": per}
     write_json_atomic(out / "drift.json", summary)
     return summary
+
+
+def report_lines(res: Mapping[str, Any]) -> list[str]:
+    """One line per feature (PSI and KS or the chi-square p-value), then the count drifted."""
+    lines = []
+    for name, r in res["features"].items():
+        stat = f"KS {r['ks']:.3f}" if r["kind"] == "numeric" else f"chi2 p {r['chi2_pvalue']:.2g}"
+        lines.append(f"{'DRIFT' if r['drift'] else 'ok   '} {name:<32} PSI {r['psi']:.3f}  {stat}")
+    lines.append(f"{res['n_drifted']} of {res['n_features']} features drifted")
+    return lines

@@ -24,8 +24,9 @@ Two ways in, same result (equal to applying the events one by one, in any order)
 * ``update(events)`` - a batch (pyarrow table, polars frame or column dict).
 
 A read at ``q`` is the value as of ``q`` when every applied event is before
-``q``. Feature values come from :func:`recsys.features.definitions.evaluate`,
-the function the batch path calls.
+``q``. Feature values come from :func:`recsys.features.transforms.evaluate`,
+the function the batch path calls. The matrices and the vectorised updates are
+:mod:`recsys.features.online_state`.
 """
 from __future__ import annotations
 
@@ -36,102 +37,23 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from recsys.features.definitions import BEHAVIOURAL, ENTITIES, SOURCES, Accumulator, FeatureSet, evaluate
+from recsys.features.definitions import ENTITIES, SOURCES, FeatureSet
+from recsys.features.online_state import (
+    CODES,
+    StatePlan,
+    apply_events,
+    base_weights,
+    event_columns,
+    max_weights,
+)
 from recsys.features.store import Table, read_tables, write_tables
+from recsys.features.transforms import evaluate
 from recsys.utils.errors import DataError
 
-NO_BUCKET = np.iinfo(np.int64).min // 2
-_CODES = {t: i for i, t in enumerate(BEHAVIOURAL)}
-_TYPES = pa.array(BEHAVIOURAL)
 FORMAT = "recsys.online_features/2"
-#: per-event base quantities a source weight picks from (see :func:`_base`)
 #: entries per buffered event in the flat write buffer
 _W = 7
-_KINDS = {"one": 0, "value": 1, "value_sq": 2, "value_n": 3, "time": 4}
-
-
-def _type_mask(source: str) -> np.ndarray:
-    """(n_types,) 1.0 on the event types the source counts."""
-    return np.isin(np.arange(len(BEHAVIOURAL)), [_CODES[e] for e in SOURCES[source].event_types]).astype(np.float64)
-
-
-def _base(value: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(n, 5): 1, value (0 when null), value^2 (0 when null), value present, time."""
-    ok = ~np.isnan(value)
-    v = np.where(ok, value, 0.0)
-    return np.stack([np.ones(len(t)), v, v * v, ok.astype(np.float64), t], axis=1)
-
-
-def _max_base(value: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(n, 5) values a ``max`` accumulator ranges over (-inf where absent)."""
-    v = np.where(np.isnan(value), -np.inf, value)
-    return np.stack([np.ones(len(t)), v, v * v, np.ones(len(t)), t], axis=1)
-
-
-class _Plan:
-    """Which matrix column holds which accumulator of one entity, plus the
-    per-event-type weight tables that turn a batch of events into the rows to add."""
-
-    def __init__(self, accs: list[Accumulator]):
-        plain = [a for a in accs if not SOURCES[a.source].session]
-        self.session = [a for a in accs if SOURCES[a.source].session]
-        self.tot = [a for a in plain if a.mode == "total"]
-        self.max = [a for a in plain if a.mode == "max"]
-        self.dec = [a for a in plain if a.mode == "decay"]
-        win = [a for a in plain if a.mode == "window"]
-        self.wgroups = list(dict.fromkeys((a.window, a.bucket) for a in win))
-        self.wsrc = list(dict.fromkeys(a.source for a in win))
-
-        def table(group: list[Any], sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
-            mask = np.stack([_type_mask(s) for s in sources], axis=1) if sources else np.zeros((len(BEHAVIOURAL), 0))
-            return mask, np.array([_KINDS[SOURCES[s].weight] for s in sources], dtype=np.int64)
-
-        self.tot_mask, self.tot_kind = table(self.tot, [a.source for a in self.tot])
-        self.max_mask, self.max_kind = table(self.max, [a.source for a in self.max])
-        self.max_mask = self.max_mask.astype(bool)
-        self.dec_mask, self.dec_kind = table(self.dec, [a.source for a in self.dec])
-        self.dec_h = np.array([a.half_life for a in self.dec], dtype=np.float64)
-        self.win_mask, self.win_kind = table(win, self.wsrc)
-        nbs = [int(round(w / b)) for w, b in self.wgroups]
-        self.w_nb = np.array(nbs, dtype=np.int64)
-        self.w_bucket = np.array([b for _, b in self.wgroups], dtype=np.float64)
-        self.w_off = np.r_[0, np.cumsum(nbs)[:-1]].astype(np.int64) if nbs else np.zeros(0, dtype=np.int64)
-        self.n_slots = int(sum(nbs))
-        # per slot: its window group's bucket width and bucket count (reads)
-        self.slot_bucket = np.repeat(self.w_bucket, self.w_nb) if nbs else np.zeros(0)
-        self.slot_nb = np.repeat(self.w_nb, self.w_nb) if nbs else np.zeros(0, dtype=np.int64)
-        self.win_index = {a.name: (self.wgroups.index((a.window, a.bucket)), self.wsrc.index(a.source)) for a in win}
-
-    def columns(self) -> dict[str, tuple]:
-        cols: dict[str, tuple] = {}
-        if self.tot:
-            cols["__tot"] = ((len(self.tot),), np.float64, 0.0)
-        if self.max:
-            cols["__max"] = ((len(self.max),), np.float64, -np.inf)
-        if self.dec:
-            cols["__dec"] = ((len(self.dec),), np.float64, 0.0)
-            cols["__ref_t"] = ((), np.float64, -np.inf)
-        if self.n_slots:
-            cols["__wid"] = ((self.n_slots,), np.int64, NO_BUCKET)
-            cols["__win"] = ((self.n_slots, len(self.wsrc)), np.float64, 0.0)
-        for a in self.session:
-            cols[a.name] = ((), np.float64, 0.0)
-        return cols
-
-
-def _groups(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(order, starts, unique rows, group index of each sorted element)."""
-    order = np.argsort(rows, kind="stable")
-    rs = rows[order]
-    new = np.empty(len(rs), dtype=bool)
-    new[:1] = True
-    np.not_equal(rs[1:], rs[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    inv = np.cumsum(new) - 1
-    return order, starts, rs[starts], inv
 
 
 class OnlineFeatures:
@@ -142,7 +64,7 @@ class OnlineFeatures:
         self.fs, self.params = fs, dict(params) if params is not None else None
         self.tables: dict[str, Table] = {}
         self.accs = {e: fs.entity_accumulators(e) for e in fs.entities}
-        self.plans = {e: _Plan(self.accs[e]) for e in fs.entities}
+        self.plans = {e: StatePlan(self.accs[e]) for e in fs.entities}
         for entity in fs.entities:
             self.tables[entity] = Table(ENTITIES[entity], self.plans[entity].columns(), capacity)
         self.has_sessions = any(SOURCES[a.source].session for a in self.accs.get("user", []))
@@ -171,7 +93,7 @@ class OnlineFeatures:
         """Add one event (O(1): appended to the write buffer; applied in bulk when
         the buffer is full or before the next read). Non-behavioural events are
         ignored (returns False)."""
-        code = _CODES.get(event_type)
+        code = CODES.get(event_type)
         if code is None:
             return False
         t = float(timestamp)
@@ -246,7 +168,7 @@ class OnlineFeatures:
         """Apply events (pyarrow table, polars frame or a column dict); returns
         how many behavioural events were applied."""
         self.flush()
-        cols = _columns(events)
+        cols = event_columns(events)
         n = self._apply_columns(cols, self.fs.entities)
         if n:
             self.watermark = max(self.watermark, float(cols["timestamp"].max()))
@@ -259,7 +181,7 @@ class OnlineFeatures:
         if n == 0:
             return 0
         t, value = cols["timestamp"], cols["value"]
-        base = _base(value, t)
+        base = base_weights(value, t)
         mbase = None
         rows = {}
         for entity in entities:
@@ -268,58 +190,11 @@ class OnlineFeatures:
             rows[entity] = self.tables[entity].lookup(keys)
             plan = self.plans[entity]
             if plan.max and mbase is None:
-                mbase = _max_base(value, t)
-            self._apply(entity, plan, rows[entity], code, base, mbase, t)
+                mbase = max_weights(value, t)
+            apply_events(self.tables[entity].cols, plan, rows[entity], code, base, mbase, t)
         if self.has_sessions and "user" in rows:
             self._sessions(cols, rows["user"], code)
         return n
-
-    def _apply(self, entity: str, p: _Plan, rows: np.ndarray, code: np.ndarray, base: np.ndarray,
-               mbase: np.ndarray | None, t: np.ndarray) -> None:
-        c = self.tables[entity].cols
-        order, starts, uniq, inv = _groups(rows)
-        code_s, base_s, t_s = code[order], base[order], t[order]
-        if p.tot:
-            w = p.tot_mask[code_s] * base_s[:, p.tot_kind]
-            c["__tot"][uniq] += np.add.reduceat(w, starts, axis=0)
-        if p.max:
-            x = np.where(p.max_mask[code_s], mbase[order][:, p.max_kind], -np.inf)
-            m = c["__max"]
-            m[uniq] = np.maximum(m[uniq], np.maximum.reduceat(x, starts, axis=0))
-        if p.dec:
-            ref = c["__ref_t"]
-            old = ref[uniq]
-            new = np.maximum(old, np.maximum.reduceat(t_s, starts))
-            seen = ~np.isneginf(old)
-            gap = np.where(seen, new - old, 0.0)
-            carried = np.where(seen[:, None], c["__dec"][uniq] * np.exp2(-gap[:, None] / p.dec_h), 0.0)
-            w = p.dec_mask[code_s] * base_s[:, p.dec_kind] * np.exp2(-(new[inv] - t_s)[:, None] / p.dec_h)
-            c["__dec"][uniq] = carried + np.add.reduceat(w, starts, axis=0)
-            ref[uniq] = new
-        if p.n_slots:
-            self._apply_windows(c, p, rows, code, base, t)
-
-    @staticmethod
-    def _apply_windows(c: dict[str, np.ndarray], p: _Plan, rows: np.ndarray, code: np.ndarray,
-                       base: np.ndarray, t: np.ndarray) -> None:
-        """Every window of the entity at once: each event lands in one slot per
-        window group; a slot whose stored bucket is older than the newest bucket
-        mapped to it is reset; only events of the newest bucket are added."""
-        n = len(t)
-        k = np.floor(t[None, :] / p.w_bucket[:, None]).astype(np.int64)            # (g, n)
-        flat = (rows[None, :] * p.n_slots + (p.w_off[:, None] + k % p.w_nb[:, None])).reshape(-1)
-        k = k.reshape(-1)
-        ids = c["__wid"].reshape(-1)
-        stored = ids[flat]
-        np.maximum.at(ids, flat, k)                                                  # newest bucket per slot
-        newk = ids[flat]
-        sums = c["__win"].reshape(-1, len(p.wsrc))
-        sums[flat[stored < newk]] = 0.0                                              # slot moved on: reset
-        live = np.flatnonzero(k == newk)                                             # events of that bucket
-        dest, w = flat[live], p.win_mask[code] * base[:, p.win_kind]                 # (n, s)
-        ev = live % n
-        for j in range(len(p.wsrc)):
-            np.add.at(sums[:, j], dest, w[ev, j])
 
     def _sessions(self, cols: dict[str, Any], user_rows: np.ndarray, code: np.ndarray) -> None:
         sess = cols["session_id"]
@@ -344,10 +219,10 @@ class OnlineFeatures:
             return r
 
         count(names.get("start"), new)
-        cart = c == _CODES["add_to_cart"]
+        cart = c == CODES["add_to_cart"]
         r = count(names.get("cart"), cart & ~sc["has_cart"][srow])
         sc["has_cart"][r] = True
-        sc["has_purchase"][srow[c == _CODES["purchase"]]] = True
+        sc["has_purchase"][srow[c == CODES["purchase"]]] = True
         conv = sc["has_cart"][srow] & sc["has_purchase"][srow] & ~sc["converted"][srow]
         r = count(names.get("converted"), conv)
         sc["converted"][r] = True
@@ -459,35 +334,3 @@ class OnlineFeatures:
         obj.watermark = -np.inf if w is None else float(w)
         obj.n_events = int(meta.get("n_events", 0))
         return obj
-
-
-def _columns(events: Any) -> dict[str, Any]:
-    """Event columns as numpy (timestamp, value, code) and Python lists (ids)."""
-    if isinstance(events, Mapping):
-        tab = pa.table({k: v for k, v in events.items()})
-    elif isinstance(events, pa.Table):
-        tab = events
-    else:
-        tab = events.to_arrow()
-    for col in ("user_id", "item_id", "timestamp", "event_type"):
-        if col not in tab.column_names:
-            raise DataError(None, "online update lacks a required column", column=col)
-    n = tab.num_rows
-    t = np.asarray(tab.column("timestamp").to_numpy(), dtype=np.float64)
-    if n and np.isnan(t).any():
-        raise DataError(None, "NaN timestamp in an online update", column="timestamp")
-    code = pc.index_in(tab.column("event_type").cast(pa.string()), value_set=_TYPES)
-    if code.null_count:  # keep behavioural events only
-        keep = code.is_valid()
-        tab, code, t = tab.filter(keep), code.filter(keep), t[np.asarray(keep)]
-        n = tab.num_rows
-    out: dict[str, Any] = {"timestamp": t, "code": np.asarray(code.to_numpy(), dtype=np.int64)}
-    out["value"] = (np.asarray(tab.column("value").cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-                    if "value" in tab.column_names else np.full(n, np.nan))
-    out["user_id"] = tab.column("user_id").cast(pa.string()).to_pylist()
-    out["item_id"] = tab.column("item_id").cast(pa.string()).to_pylist()
-    out["session_id"] = (tab.column("session_id").cast(pa.string()).to_pylist() if "session_id" in tab.column_names
-                         else [None] * n)
-    out["category"] = (tab.column("category").cast(pa.string()).to_pylist() if "category" in tab.column_names
-                       else ["unknown"] * n)
-    return out

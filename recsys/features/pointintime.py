@@ -16,6 +16,7 @@ import polars as pl
 
 from recsys.features import asof, batch
 from recsys.features.definitions import ENTITIES, FeatureSet, build_feature_set
+from recsys.features.events import UNKNOWN_CATEGORY, scan_events
 from recsys.utils.errors import DataError
 
 
@@ -30,7 +31,7 @@ def build_training_set(events: Any, examples: Any, feature_set: FeatureSet | Map
     params and the fit time in ``info``.
     """
     fs = feature_set if isinstance(feature_set, FeatureSet) else build_feature_set(feature_set)
-    lf = batch.scan_events(events, items=items)
+    lf = scan_events(events, items=items)
     ex = _frame(examples)
     for col in ("user_id", "item_id", time_col):
         if col not in ex.columns:
@@ -41,7 +42,7 @@ def build_training_set(events: Any, examples: Any, feature_set: FeatureSet | Map
     if "category" not in ex.columns:
         cats = lf.select("item_id", "category").unique("item_id").collect()
         ex = ex.join(cats, on="item_id", how="left", maintain_order="left").with_columns(
-            pl.col("category").fill_null(batch.UNKNOWN_CATEGORY))
+            pl.col("category").fill_null(UNKNOWN_CATEGORY))
     if params is None and any(f.transform in ("eb_rate", "zscore", "rank") for f in fs.features):
         fit_time = float(ex[time_col].min()) if fit_time is None else float(fit_time)
         params = batch.fit(lf, fs, fit_time)

@@ -2,6 +2,8 @@
 point-in-time recomputation from the event log."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -43,3 +45,18 @@ def skew_report(logged: pl.DataFrame, events: Any, fs: FeatureSet, params: Mappi
     return {"entity": entity, "rows": logged.height, "n_features": len(per),
             "n_features_with_mismatches": sum(v["mismatches"] > 0 for v in per.values()),
             "total_mismatches": sum(v["mismatches"] for v in per.values()), "features": per}
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Fitted params from a ``features build`` manifest (its ``params``) or a params file."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, "no such file")
+    manifest = json.loads(p.read_text())
+    return manifest.get("params", manifest)
+
+
+def report_lines(res: Mapping[str, Any]) -> list[str]:
+    """One line per feature: mismatched rows and the largest difference."""
+    return [f"{'SKEW ' if r['mismatches'] else 'ok   '} {name:<32} {r['mismatches']}/{r['rows']} mismatched, "
+            f"max |diff| {r['max_abs_diff']:.3g}" for name, r in res["features"].items()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from recsys.models.sequential import TransformerEncoder
+from recsys.models.sequential import TransformerEncoder, TransformerSpec
 
 
 def mask_sequence(seq: torch.Tensor, mask_prob: float, mask_token: int,
@@ -62,8 +62,8 @@ class BERT4Rec(TransformerEncoder):
 
     def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
                  dropout: float = 0.2, attn_dropout: float | None = None, ffn_mult: int = 4, tied: bool = True):
-        super().__init__(n_items, max_len, hidden, n_layers, n_heads, dropout, attn_dropout, ffn_mult,
-                         causal=False, extra_tokens=1, tied=tied)
+        super().__init__(n_items, TransformerSpec(max_len, hidden, n_layers, n_heads, dropout, attn_dropout, ffn_mult,
+                                                  tied), causal=False, extra_tokens=1)
 
     @property
     def mask_token(self) -> int:

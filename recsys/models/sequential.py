@@ -11,6 +11,7 @@ changes the output (tested), and padded keys are masked in attention.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -49,39 +50,67 @@ class SelfAttentionBlock(nn.Module):
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
-class TransformerEncoder(nn.Module):
-    """Item + position embeddings, ``n_layers`` attention blocks, final LayerNorm.
+@dataclass(frozen=True)
+class TransformerSpec:
+    """Options of a :class:`TransformerEncoder`.
 
     Args:
-        n_items: catalogue size (ids ``1..n_items``; 0 = padding).
-        max_len: longest input sequence (position table size).
-        hidden: embedding size D.
-        causal: mask future positions (SASRec) or not (BERT4Rec).
-        extra_tokens: extra embedding rows after the items (BERT4Rec's [MASK]).
-        tied: score with the input item embeddings; else a separate output table.
-        rel_pos: add a learned per-head attention bias indexed by the query-key
+        max_len (int): longest input sequence (position table size).
+        hidden (int): embedding size D.
+        n_layers, n_heads (int): transformer depth and heads (``hidden % n_heads == 0``).
+        dropout (float): embedding / residual / FFN dropout.
+        attn_dropout (float | None): attention dropout (``None``: ``dropout``).
+        ffn_mult (int): FFN width as a multiple of D.
+        tied (bool): score with the input item embeddings; else a separate output table.
+        rel_pos (bool): add a learned per-head attention bias indexed by the query-key
             distance (T5-style, shared by all layers): "k items ago" becomes a
             direct recency signal at every position. Distances depend only on the
             real items, so causality and padding invariance are kept.
-        abs_pos: keep the absolute position embeddings (counted from the first item).
+        abs_pos (bool): keep the absolute position embeddings (counted from the first item).
     """
 
-    def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
-                 dropout: float = 0.2, attn_dropout: float | None = None, ffn_mult: int = 1, causal: bool = True,
-                 extra_tokens: int = 0, tied: bool = True, rel_pos: bool = False, abs_pos: bool = True):
+    max_len: int = 50
+    hidden: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    attn_dropout: float | None = None
+    ffn_mult: int = 1
+    tied: bool = True
+    rel_pos: bool = False
+    abs_pos: bool = True
+
+
+class TransformerEncoder(nn.Module):
+    """Item + position embeddings, ``spec.n_layers`` attention blocks, final LayerNorm.
+
+    Args:
+        n_items (int): catalogue size (ids ``1..n_items``; 0 = padding).
+        spec (TransformerSpec): sizes and options.
+        causal (bool): mask future positions (SASRec) or not (BERT4Rec).
+        extra_tokens (int): extra embedding rows after the items (BERT4Rec's [MASK]).
+
+    ``forward``: ``(B, T)`` -> ``(B, T, D)``, zero at pads. The subclasses
+    (:class:`SASRec`, :class:`~recsys.models.bert4rec.BERT4Rec`) take the spec's
+    fields as keyword arguments, which is what configs and ``model_args.json`` hold.
+    """
+
+    def __init__(self, n_items: int, spec: TransformerSpec, causal: bool = True, extra_tokens: int = 0):
         super().__init__()
-        self.n_items, self.max_len, self.hidden, self.causal = n_items, max_len, hidden, causal
-        self.item_emb = nn.Embedding(n_items + 1 + extra_tokens, hidden, padding_idx=0)
-        self.pos_emb = nn.Embedding(max_len, hidden) if abs_pos else None
-        self.n_heads = n_heads
+        s = self.spec = spec
+        self.n_items, self.max_len, self.hidden, self.causal = n_items, s.max_len, s.hidden, causal
+        self.item_emb = nn.Embedding(n_items + 1 + extra_tokens, s.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(s.max_len, s.hidden) if s.abs_pos else None
+        self.n_heads = s.n_heads
         # distances -(max_len-1)..(max_len-1) -> 2*max_len-1 rows, one bias per head
-        self.rel_bias = nn.Embedding(2 * max_len - 1, n_heads) if rel_pos else None
-        self.emb_drop = nn.Dropout(dropout)
-        attn_dropout = dropout if attn_dropout is None else attn_dropout
+        self.rel_bias = nn.Embedding(2 * s.max_len - 1, s.n_heads) if s.rel_pos else None
+        self.emb_drop = nn.Dropout(s.dropout)
+        attn_dropout = s.dropout if s.attn_dropout is None else s.attn_dropout
         self.blocks = nn.ModuleList(
-            SelfAttentionBlock(hidden, n_heads, ffn_mult * hidden, dropout, attn_dropout) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(hidden)
-        self.out_emb = None if tied else nn.Embedding(n_items + 1, hidden, padding_idx=0)
+            SelfAttentionBlock(s.hidden, s.n_heads, s.ffn_mult * s.hidden, s.dropout, attn_dropout)
+            for _ in range(s.n_layers))
+        self.ln_f = nn.LayerNorm(s.hidden)
+        self.out_emb = None if s.tied else nn.Embedding(n_items + 1, s.hidden, padding_idx=0)
         self.apply(self._init)
 
     @staticmethod
@@ -136,8 +165,8 @@ class SASRec(TransformerEncoder):
     def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
                  dropout: float = 0.2, attn_dropout: float | None = None, ffn_mult: int = 1, tied: bool = True,
                  rel_pos: bool = False, abs_pos: bool = True):
-        super().__init__(n_items, max_len, hidden, n_layers, n_heads, dropout, attn_dropout, ffn_mult,
-                         causal=True, tied=tied, rel_pos=rel_pos, abs_pos=abs_pos)
+        super().__init__(n_items, TransformerSpec(max_len, hidden, n_layers, n_heads, dropout, attn_dropout, ffn_mult,
+                                                  tied, rel_pos, abs_pos), causal=True)
 
     def next_item_state(self, seq: torch.Tensor) -> torch.Tensor:
         """``(B, D)``: the state after the last item of each (left-padded) sequence."""

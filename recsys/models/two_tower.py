@@ -11,6 +11,12 @@
 - :class:`TwoTower`: both towers; score = dot product, or cosine when
   ``normalize`` (the temperature lives in the training module).
 
+Constructor options are typed specs: :class:`ItemInputs` and :class:`UserInputs`
+(what describes an item / a user; sizes come from the data module's
+vocabularies) and :class:`TowerArch` (sizes, pooling, score; the ``net`` config).
+Each accepts the dataclass or a mapping of its fields, so ``model_args.json``
+(:meth:`TwoTower.model_args`) rebuilds the net with ``TwoTower(**model_args)``.
+
 Feature tensors are dicts: ``{"id": (N,) int64, "<categorical>": (N,) int64,
 "<multi-hot>": (N, T) int64 padded with 0}``; value 0 always means
 missing / unknown and embeds to zeros.
@@ -18,17 +24,100 @@ missing / unknown and embeds to zeros.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ID = "id"
+SpecT = TypeVar("SpecT")
 
 
 def hash_bucket(key: str, n_buckets: int) -> int:
     """Stable hash of a raw id into ``1..n_buckets`` (0 is reserved for 'no id')."""
     return zlib.crc32(key.encode("utf-8")) % n_buckets + 1
+
+
+def as_spec(cls: type[SpecT], value: SpecT | Mapping[str, Any] | None, name: str) -> SpecT:
+    """``value`` if it is a ``cls``, else ``cls(**value)`` (a dict, e.g. from JSON or a
+    Hydra config node); ``None`` = the defaults. Unknown keys are a one-line TypeError."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"{name}: unknown option(s) {unknown} for {cls.__name__} "
+                            f"(fields: {[f.name for f in fields(cls)]})")
+        return cls(**value)
+    raise TypeError(f"{name}: expected a {cls.__name__} or a mapping of its fields, got {type(value).__name__}")
+
+
+def _sizes(d: Mapping[str, int] | None) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (d or {}).items()}
+
+
+@dataclass(frozen=True)
+class ItemInputs:
+    """What describes an item (sizes from the data module's vocabularies).
+
+    Args:
+        n_id_buckets (int): hashed-id embedding size, bucket 0 = no id (0: no ids).
+        categorical (dict[str, int]): ``{feature: vocab size incl. 0}``.
+        multi_hot (dict[str, int]): ``{feature: vocab size incl. 0}`` (bags of tokens).
+    """
+
+    n_id_buckets: int = 0
+    categorical: dict[str, int] = field(default_factory=dict)
+    multi_hot: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "categorical", _sizes(self.categorical))
+        object.__setattr__(self, "multi_hot", _sizes(self.multi_hot))
+
+
+@dataclass(frozen=True)
+class UserInputs:
+    """What describes a user.
+
+    Args:
+        n_id_buckets (int): hashed-id embedding size (0: no ids).
+        categorical (dict[str, int]): ``{feature: vocab size incl. 0}``.
+        max_history (int): items of history the user tower reads (left-padded, most recent last).
+    """
+
+    n_id_buckets: int = 0
+    categorical: dict[str, int] = field(default_factory=dict)
+    max_history: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "categorical", _sizes(self.categorical))
+
+
+@dataclass(frozen=True)
+class TowerArch:
+    """Sizes and scoring of both towers (the ``net`` config).
+
+    Args:
+        dim (int): embedding / output size.
+        hidden (int): MLP hidden size of both towers.
+        pooling (str): ``mean`` or ``attention`` over the history.
+        normalize (bool): cosine score (L2-normalised vectors) instead of dot product.
+        dropout (float): MLP dropout.
+        use_item_id, use_user_id (bool): embed the hashed ids (when the inputs have buckets).
+    """
+
+    dim: int = 64
+    hidden: int = 128
+    pooling: str = "mean"
+    normalize: bool = False
+    dropout: float = 0.0
+    use_item_id: bool = True
+    use_user_id: bool = True
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
@@ -64,34 +153,39 @@ class FeatureEmbedder(nn.Module):
 
 
 class ItemTower(nn.Module):
-    def __init__(self, n_id_buckets: int, categorical: dict[str, int], multi_hot: dict[str, int], dim: int,
-                 hidden: int, dropout: float = 0.0, use_id: bool = True):
+    """Item features -> ``(N, arch.dim)``."""
+
+    def __init__(self, inputs: ItemInputs, arch: TowerArch):
         super().__init__()
-        self.features = FeatureEmbedder(n_id_buckets, categorical, multi_hot, dim, use_id)
+        dim = arch.dim
+        self.features = FeatureEmbedder(inputs.n_id_buckets, dict(inputs.categorical), dict(inputs.multi_hot), dim,
+                                        arch.use_item_id)
         if self.features.n_fields == 0:
             raise ValueError("the item tower needs an id embedding or at least one feature")
-        self.mlp = _mlp(self.features.n_fields * dim, hidden, dim, dropout)
+        self.mlp = _mlp(self.features.n_fields * dim, arch.hidden, dim, arch.dropout)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.mlp(self.features(feats))
 
 
 class UserTower(nn.Module):
-    def __init__(self, n_id_buckets: int, categorical: dict[str, int], dim: int, hidden: int,
-                 pooling: str = "mean", max_history: int = 50, dropout: float = 0.0, use_id: bool = True):
+    """User features + pooled history vectors -> ``(B, arch.dim)``."""
+
+    def __init__(self, inputs: UserInputs, arch: TowerArch):
         super().__init__()
-        if pooling not in ("mean", "attention"):
-            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
-        self.features = FeatureEmbedder(n_id_buckets, categorical, {}, dim, use_id)
-        self.pooling, self.max_history = pooling, max_history
+        if arch.pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention', got {arch.pooling!r}")
+        dim, max_history = arch.dim, inputs.max_history
+        self.features = FeatureEmbedder(inputs.n_id_buckets, dict(inputs.categorical), {}, dim, arch.use_user_id)
+        self.pooling, self.max_history = arch.pooling, max_history
         n_ctx = self.features.n_fields * dim
-        if pooling == "attention":
+        if arch.pooling == "attention":
             self.pos = nn.Embedding(max_history, dim)  # position counted from the most recent item
             nn.init.normal_(self.pos.weight, std=0.02)
             self.key = nn.Linear(dim, dim)
             self.query = nn.Parameter(torch.randn(dim) * 0.05)
             self.query_ctx = nn.Linear(n_ctx, dim) if n_ctx else None
-        self.mlp = _mlp(n_ctx + dim, hidden, dim, dropout)
+        self.mlp = _mlp(n_ctx + dim, arch.hidden, dim, arch.dropout)
 
     def pool(self, history: torch.Tensor, hist_vecs: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
         mask = history > 0  # B, L
@@ -118,30 +212,46 @@ class UserTower(nn.Module):
 
 
 class TwoTower(nn.Module):
-    """Args:
-        n_items: catalogue size (kept for artifacts; items are described by features).
-        dim: embedding / output size.
-        hidden: MLP hidden size of both towers.
-        n_item_buckets, n_user_buckets: hashed-id embedding sizes (0 disables ids).
-        item_categorical, item_multi_hot, user_categorical: ``{feature: vocab size incl. 0}``.
-        pooling: ``mean`` or ``attention`` over the last ``max_history`` items.
-        normalize: cosine score (L2-normalised vectors) instead of dot product.
+    """Item tower x user tower.
+
+    Args:
+        n_items (int): catalogue size (kept for artifacts; items are described by features).
+        items (ItemInputs | dict): what describes an item; an item with neither ids nor
+            features falls back to ``2 * n_items + 1`` hashed-id buckets.
+        users (UserInputs | dict): what describes a user, and ``max_history``.
+        arch (TowerArch | dict): sizes, pooling, dropout, cosine or dot score.
+
+    Outputs: :meth:`item_vectors` ``N X dim``; :meth:`user_vectors` ``B X dim``.
+
+    Example::
+
+        net = TwoTower(100, ItemInputs(n_id_buckets=64, categorical={"genre": 5}),
+                       UserInputs(n_id_buckets=32, max_history=20), TowerArch(dim=16, hidden=32))
+        items = net.item_vectors({"id": torch.arange(101) % 65, "genre": torch.zeros(101, dtype=torch.long)})
+        users = net.user_vectors(torch.tensor([3]), torch.tensor([[0, 7, 9]]), {}, items)  # 1 X 16
     """
 
-    def __init__(self, n_items: int, dim: int = 64, hidden: int = 128, n_item_buckets: int = 0,
-                 n_user_buckets: int = 0, item_categorical: dict[str, int] | None = None,
-                 item_multi_hot: dict[str, int] | None = None, user_categorical: dict[str, int] | None = None,
-                 pooling: str = "mean", max_history: int = 50, normalize: bool = False, dropout: float = 0.0,
-                 use_item_id: bool = True, use_user_id: bool = True):
+    def __init__(self, n_items: int, items: ItemInputs | Mapping[str, Any] | None = None,
+                 users: UserInputs | Mapping[str, Any] | None = None,
+                 arch: TowerArch | Mapping[str, Any] | None = None):
         super().__init__()
-        self.n_items, self.dim, self.normalize, self.max_history = n_items, dim, normalize, max_history
-        if n_item_buckets <= 0 and not (item_categorical or item_multi_hot):
-            n_item_buckets = 2 * n_items + 1  # nothing else describes an item: fall back to hashed ids
-            use_item_id = True
-        self.item_tower = ItemTower(n_item_buckets, dict(item_categorical or {}), dict(item_multi_hot or {}), dim,
-                                    hidden, dropout, use_item_id)
-        self.user_tower = UserTower(n_user_buckets, dict(user_categorical or {}), dim, hidden, pooling, max_history,
-                                    dropout, use_user_id)
+        self.item_inputs = as_spec(ItemInputs, items, "items")
+        self.user_inputs = as_spec(UserInputs, users, "users")
+        self.arch = as_spec(TowerArch, arch, "arch")
+        items, arch = self.item_inputs, self.arch
+        self.n_items, self.dim, self.normalize = n_items, arch.dim, arch.normalize
+        self.max_history = self.user_inputs.max_history
+        item_arch = arch
+        if items.n_id_buckets <= 0 and not (items.categorical or items.multi_hot):
+            # nothing else describes an item: fall back to hashed ids
+            items, item_arch = replace(items, n_id_buckets=2 * n_items + 1), replace(arch, use_item_id=True)
+        self.item_tower = ItemTower(items, item_arch)
+        self.user_tower = UserTower(self.user_inputs, arch)
+
+    def model_args(self) -> dict[str, Any]:
+        """JSON-ready constructor arguments: ``TwoTower(**net.model_args())`` rebuilds this net."""
+        return {"n_items": int(self.n_items), "items": asdict(self.item_inputs), "users": asdict(self.user_inputs),
+                "arch": asdict(self.arch)}
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.normalize else x

@@ -15,8 +15,9 @@ from typing import Any, Mapping
 import faiss
 import numpy as np
 
-from recsys.retrieval.build import recall_at_k
-from recsys.retrieval.bundle import set_search_params
+from recsys.retrieval.build import exact_search, held_out_queries, recall_at_k
+from recsys.retrieval.bundle import IndexBundle, set_search_params
+from recsys.utils.errors import RecsysError
 
 
 def time_search(search, queries: np.ndarray, k: int, repeats: int = 3, batch: int | None = None,
@@ -66,3 +67,24 @@ def pick(points: list[dict[str, Any]], min_recall: float = 0.95, k: int = 10) ->
     """The fastest point with recall@k >= ``min_recall`` (None if no point reaches it)."""
     ok = [p for p in points if p[f"recall@{k}"] >= min_recall]
     return max(ok, key=lambda p: p["qps"]) if ok else None
+
+
+def query_grid(bundle: IndexBundle, grid: Mapping[str, list]) -> dict[str, list]:
+    """The part of ``grid`` the bundle's index has knobs for, ``nprobe`` values capped
+    at the index's number of lists; refused when nothing is left to tune."""
+    out = {kn: list(v) for kn, v in grid.items() if kn in bundle.params and v}
+    if not out:
+        raise RecsysError(f"{bundle.directory}: index {bundle.manifest['index_spec']['factory']} has no query-time "
+                          f"knob to tune (knobs: nprobe for IVF, efSearch for HNSW, k_factor_rf for refine)")
+    if "nprobe" in out:
+        nlist = faiss.extract_index_ivf(bundle.index).nlist
+        out["nprobe"] = [v for v in out["nprobe"] if v <= nlist] or [nlist]
+    return out
+
+
+def reference_queries(bundle: IndexBundle, n: int, k: int, seed: int = 0) -> tuple[np.ndarray, str, np.ndarray]:
+    """(held-out queries, what they are, their exact top-``k`` rows) to measure recall on."""
+    vectors = bundle.all_vectors()
+    queries, source = held_out_queries(vectors, bundle.user_vectors, n, seed=seed, metric=bundle.metric)
+    _, exact_rows = exact_search(vectors, queries, k, bundle.metric)
+    return queries, source, exact_rows

@@ -1,5 +1,5 @@
-"""Fit a retrieval/sequence Lightning module, then evaluate its best checkpoint:
-the one loop ``recsys train`` (sequence models) and the two-tower fit share."""
+"""Fit a Lightning module, then evaluate its best checkpoint: the one loop the
+sequence, two-tower and ranker wings share (``training/<wing>/fit.py``)."""
 from __future__ import annotations
 
 import time
@@ -40,10 +40,12 @@ def fit_and_evaluate(trainer: L.Trainer, module: Any, datamodule: Any, data: Any
                      ckpt_name: str = "resume") -> dict[str, Any]:
     """``trainer.fit`` (resuming from ``ckpt_path`` if given), then exact validation
     and test with the best checkpoint of ``trainer.checkpoint_callback`` (the last
-    weights without one). ``module`` is a :class:`~recsys.training.seq_module.SequentialRecModule`
-    (``results`` / ``top_items`` filled by its eval hooks). The test top-k lists add
-    beyond-accuracy metrics (coverage, novelty, Gini, popularity bias against the
-    training counts; diversity by ``category_column`` when given).
+    weights without one). ``module`` fills ``results`` (``{"val": {...}, "test": {...}}``)
+    in its evaluation hooks; a module with test ``top_items`` (e.g.
+    :class:`~recsys.training.sequence.module.SequentialRecModule`) also gets
+    beyond-accuracy metrics from its top-k lists (coverage, novelty, Gini, popularity
+    bias against the training counts of ``split``; diversity by ``category_column``
+    when given). ``data`` and ``split`` are only read for those (``None`` for a ranker).
 
     ``ckpt_path`` must be a local checkpoint with a matching ``.sha256`` sidecar
     (:func:`~recsys.training.checkpoints.verify_checkpoint`) whose weights fit
@@ -91,11 +93,12 @@ def fit_and_evaluate(trainer: L.Trainer, module: Any, datamodule: Any, data: Any
     trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     metrics = {**module.results.get("val", {}), **module.results.get("test", {})}
-    if "test" in module.top_items:
+    top_items = getattr(module, "top_items", {})
+    if "test" in top_items:
         users, items, _ = split.train_arrays()
         counts = np.bincount(items, minlength=data.n_items + 1).astype(np.float64)
         cats = data.item_codes(category_column) if category_column else None
-        extra = beyond_accuracy(module.top_items["test"], data.n_items, counts, len(np.unique(users)),
+        extra = beyond_accuracy(top_items["test"], data.n_items, counts, len(np.unique(users)),
                                 item_category=cats)
         metrics.update({f"test/{k}": v for k, v in extra.items()})
     epochs_run = epochs_total - start_epoch

@@ -131,11 +131,12 @@ def test_items_option_works_for_build(world):
 def test_items_option_works_for_skew(world, tmp_path):
     from recsys.features import batch
     from recsys.features.definitions import build_feature_set
+    from recsys.features.events import scan_events
 
     manifest = json.loads((world / "features" / "manifest.json").read_text())
     fs = build_feature_set(manifest["config"])
     q = T0 - 5 * DAY
-    lf = batch.scan_events(str(world / "events.parquet"), items=str(world / "items.parquet"))
+    lf = scan_events(str(world / "events.parquet"), items=str(world / "items.parquet"))
     snap = batch.snapshot(lf, fs, q, None, entities=["user_category"])["user_category"].head(20)
     snap.with_columns(timestamp=pl.lit(q)).write_parquet(tmp_path / "logged.parquet")
     res = run("features", "skew", f"logged={tmp_path / 'logged.parquet'}", f"events={world / 'events.parquet'}",
@@ -259,6 +260,7 @@ def _state(d: Path) -> dict[Path, bytes | None]:
 
 def test_failure_midway_leaves_every_artifact_unchanged(world, tmp_path, monkeypatch):
     from recsys.features import erasure
+    from recsys.features.erasure import erase
 
     d = _copy(world, tmp_path)
     snap = _state(d)
@@ -266,7 +268,7 @@ def test_failure_midway_leaves_every_artifact_unchanged(world, tmp_path, monkeyp
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(erasure, "stage_index_bundle", boom)  # after events + features + run were staged
+    monkeypatch.setattr(erase, "stage_index_bundle", boom)  # after events + features + run were staged
     targets = erasure.Targets(events=d / "events.parquet", features_dir=d / "features", runs=[d / "run"],
                               indexes=[d / "index"], cache_dir=d / "cache")
     with pytest.raises(RuntimeError, match="disk full"):
@@ -276,10 +278,11 @@ def test_failure_midway_leaves_every_artifact_unchanged(world, tmp_path, monkeyp
 
 def test_commit_failure_rolls_back(world, tmp_path, monkeypatch):
     from recsys.features import erasure
+    from recsys.features.erasure import transaction
 
     d = _copy(world, tmp_path)
     snap = _state(d)
-    real = erasure.os.replace
+    real = transaction.os.replace
     calls = {"n": 0}
 
     def flaky(a, b):
@@ -289,7 +292,7 @@ def test_commit_failure_rolls_back(world, tmp_path, monkeypatch):
                 raise OSError("I/O error")
         return real(a, b)
 
-    monkeypatch.setattr(erasure.os, "replace", flaky)
+    monkeypatch.setattr(transaction.os, "replace", flaky)
     with pytest.raises(OSError):
         erasure.erase_user(VICTIM, erasure.Targets(events=d / "events.parquet", features_dir=d / "features",
                                                    runs=[d / "run"], indexes=[d / "index"]))
@@ -344,7 +347,7 @@ def test_files_it_cannot_rewrite_are_reported_not_claimed(world, tmp_path):
 def test_a_parsed_number_is_never_taken_as_an_id():
     from omegaconf import OmegaConf
 
-    from recsys.cli.features_cmd import erase_user_id
+    from recsys.cli.erase_args import erase_user_id
     from recsys.utils.errors import DataError
 
     assert erase_user_id(OmegaConf.create({"user_id": "1_0"})) == "1_0"

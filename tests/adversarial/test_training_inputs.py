@@ -159,7 +159,7 @@ def test_checkpoint_without_sidecar_or_of_another_model_is_refused(trained, tmp_
 
     from recsys.models.sequential import SASRec
     from recsys.training.losses import FullSoftmaxCE
-    from recsys.training.seq_module import SequentialRecModule
+    from recsys.training.sequence.module import SequentialRecModule
 
     info = verify_checkpoint(out / "checkpoints" / "last.ckpt", "resume")
     n_items = _summary(out)["data"]["n_items"]
@@ -198,21 +198,21 @@ def tiny_split():
 
 @pytest.mark.parametrize("bad", [-5, 0, 2.5, True, "8"])
 def test_batch_size_that_cannot_train_is_refused_by_the_data_modules(tiny_split, bad):
-    from recsys.training.seq_data import SequenceDataModule
-    from recsys.training.two_tower_data import TwoTowerDataModule
+    from recsys.training.sequence.data import SequenceDataModule
+    from recsys.training.two_tower.data import TwoTowerDataModule
 
     data, split = tiny_split
     with pytest.raises(RecsysError, match=r"datamodule\.batch_size must be a positive integer"):
         SequenceDataModule(split, data.n_items, max_len=5, batch_size=bad)
     with pytest.raises(RecsysError, match=r"datamodule\.eval_batch_size must be a positive integer"):
         SequenceDataModule(split, data.n_items, max_len=5, eval_batch_size=bad)
-    with pytest.raises(RecsysError, match=r"datamodule\.batch_size must be a positive integer"):
-        TwoTowerDataModule(data, split, max_history=5, batch_size=bad)
+    with pytest.raises(RecsysError, match=r"datamodule\.loader\.batch_size must be a positive integer"):
+        TwoTowerDataModule(data, split, max_history=5, loader={"batch_size": bad})
 
 
 def test_a_split_with_no_training_sequences_is_refused_by_the_data_module():
     from recsys.data.splits import LeaveOneOut
-    from recsys.training.seq_data import SequenceDataModule
+    from recsys.training.sequence.data import SequenceDataModule
 
     data = prepared([(f"u{u}", f"i{(u + k) % 7}", float(k)) for u in range(5) for k in range(3)])  # 1 train item each
     split = LeaveOneOut().split(data)

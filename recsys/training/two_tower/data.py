@@ -12,9 +12,15 @@
   positives out of the in-batch negatives).
 - Evaluation batches are row indices into the split's EvalSets, each process
   taking every ``world_size``-th row (exact gathered metrics, as for sequences).
+
+Options are two specs: :class:`FeatureSpec` (which side columns, how they are
+encoded) and :class:`LoaderSpec` (batch sizes, workers, shuffling seed); the
+``datamodule`` config nests them under ``features:`` and ``loader:``.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -27,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from recsys import schema as S
 from recsys.data.prepare import PreparedData
 from recsys.data.splits import EvalSet, Split
-from recsys.models.two_tower import ID, hash_bucket
-from recsys.training.seq_data import check_positive_int, left_pad
+from recsys.models.two_tower import ID, ItemInputs, UserInputs, as_spec, hash_bucket
+from recsys.training.sequence.data import check_positive_int, left_pad
 from recsys.utils.errors import DataError
 from recsys.utils.sparse import CSR
 
@@ -191,58 +197,120 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+def _columns(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    if value is not None and isinstance(value, (str, bytes, Mapping)):
+        raise TypeError(f"feature columns must be a list of names or null, got {value!r}")
+    return None if value is None else tuple(str(c) for c in value)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which side columns feed the towers and how they are encoded.
+
+    Args:
+        item_categorical, item_multi_hot, user_categorical (list[str] | None): feature
+            columns; ``None`` = automatic (see :func:`_auto_columns`), ``[]`` = none.
+        n_item_buckets, n_user_buckets (int): hashed-id embedding sizes (0: no ids).
+        max_tokens (int): width of a multi-hot feature (tokens kept per row).
+        min_count (int): a value enters a vocabulary when seen on that many training rows.
+        max_vocab (int): automatic columns have at most this many distinct values.
+    """
+
+    item_categorical: Sequence[str] | None = None
+    item_multi_hot: Sequence[str] | None = None
+    user_categorical: Sequence[str] | None = None
+    n_item_buckets: int = 16384
+    n_user_buckets: int = 16384
+    max_tokens: int = 32
+    min_count: int = 1
+    max_vocab: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("item_categorical", "item_multi_hot", "user_categorical"):
+            object.__setattr__(self, name, _columns(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """How batches are drawn.
+
+    Args:
+        batch_size (int): training pairs per step (per process).
+        eval_batch_size (int): users per evaluation step.
+        num_workers (int): DataLoader workers for training.
+        seed (int): the training shuffle is a function of ``(seed, epoch)``.
+    """
+
+    batch_size: int = 512
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    seed: int = 0
+
+
 class TwoTowerDataModule(L.LightningDataModule):
-    """Args:
-        data: the prepared dataset (side tables).
-        split: a :class:`~recsys.data.splits.Split`.
-        max_history: items fed to the user tower.
-        item_categorical, item_multi_hot, user_categorical: feature columns;
-            ``None`` = automatic (see :func:`_auto_columns`), ``[]`` = none.
-        n_item_buckets, n_user_buckets: hashed-id embedding sizes (0: no ids).
-        batch_size: training pairs per step (per process); eval_batch_size: users per step.
+    """Feature tables, training pairs and evaluation rows for :class:`~recsys.models.two_tower.TwoTower`.
+
+    Args:
+        data (PreparedData): the prepared dataset (side tables).
+        split (Split): training interactions and the val/test :class:`~recsys.data.splits.EvalSet`.
+        max_history (int): items fed to the user tower.
+        features (FeatureSpec | dict): feature columns and their encoding.
+        loader (LoaderSpec | dict): batch sizes, workers, shuffling seed.
+
+    Training batches: ``{"users": B, "history": B X max_history, "pos": B}`` int64.
+
+    Example::
+
+        dm = TwoTowerDataModule(data, split, max_history=20, features=FeatureSpec(item_multi_hot=[]),
+                                loader=LoaderSpec(batch_size=128))
+        net = TwoTower(**dm.net_args(), arch=TowerArch(dim=32))
     """
 
     def __init__(self, data: PreparedData, split: Split, max_history: int = 50,
-                 item_categorical: Sequence[str] | None = None, item_multi_hot: Sequence[str] | None = None,
-                 user_categorical: Sequence[str] | None = None, n_item_buckets: int = 16384,
-                 n_user_buckets: int = 16384, batch_size: int = 512, eval_batch_size: int = 256,
-                 max_tokens: int = 32, min_count: int = 1, max_vocab: int = 1000, num_workers: int = 0,
-                 seed: int = 0):
+                 features: FeatureSpec | Mapping[str, Any] | None = None,
+                 loader: LoaderSpec | Mapping[str, Any] | None = None):
         super().__init__()
+        features = as_spec(FeatureSpec, features, "datamodule.features")
+        loader = as_spec(LoaderSpec, loader, "datamodule.loader")
         if max_history < 1:
             raise DataError(None, f"max_history must be >= 1, got {max_history}")
-        batch_size = check_positive_int(batch_size, "datamodule.batch_size")  # <= 0 would train zero steps
-        eval_batch_size = check_positive_int(eval_batch_size, "datamodule.eval_batch_size")
+        # <= 0 would train zero steps
+        batch_size = check_positive_int(loader.batch_size, "datamodule.loader.batch_size")
+        eval_batch_size = check_positive_int(loader.eval_batch_size, "datamodule.loader.eval_batch_size")
         self.data, self.split, self.max_history = data, split, max_history
+        self.features, self.loader = features, loader
         self.n_items, self.n_users = data.n_items, data.n_users
-        self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.seed = loader.num_workers, loader.seed
         users, items, _ = split.train_arrays()
         if len(users) == 0:
             raise DataError(None, "the split has no training interactions")
         self.item_counts = np.bincount(items, minlength=self.n_items + 1).astype(np.int64)
         item_known = self.item_counts > 0
         user_known = np.bincount(users, minlength=self.n_users + 1) > 0
-        auto_i = _auto_columns(data.items, (S.ITEM_IDX, S.ITEM_ID), max_vocab)
-        auto_u = _auto_columns(data.users, (S.USER_IDX, S.USER_ID), max_vocab)
+        f = features
+        auto_i = _auto_columns(data.items, (S.ITEM_IDX, S.ITEM_ID), f.max_vocab)
+        auto_u = _auto_columns(data.users, (S.USER_IDX, S.USER_ID), f.max_vocab)
         self.items = FeatureTable(data.items, S.ITEM_ID, item_known,
-                                  auto_i[0] if item_categorical is None else list(item_categorical),
-                                  auto_i[1] if item_multi_hot is None else list(item_multi_hot),
-                                  n_item_buckets, max_tokens, min_count)
+                                  auto_i[0] if f.item_categorical is None else list(f.item_categorical),
+                                  auto_i[1] if f.item_multi_hot is None else list(f.item_multi_hot),
+                                  f.n_item_buckets, f.max_tokens, f.min_count)
         self.users = FeatureTable(data.users, S.USER_ID, user_known,
-                                  auto_u[0] if user_categorical is None else list(user_categorical), [],
-                                  n_user_buckets, max_tokens, min_count)
+                                  auto_u[0] if f.user_categorical is None else list(f.user_categorical), [],
+                                  f.n_user_buckets, f.max_tokens, f.min_count)
         hist = history_matrix(users, items, max_history)
         self.train_set = _Pairs(torch.from_numpy(users), torch.from_numpy(hist), torch.from_numpy(items))
         self.pos_keys = torch.from_numpy(np.unique(users * (self.n_items + 1) + items))
         self.train_history = CSR.from_sorted_rows(users, items, self.n_users + 1)  # row = user_idx
 
     def net_args(self) -> dict[str, Any]:
-        """Constructor arguments of :class:`~recsys.models.two_tower.TwoTower` that come from the data."""
+        """Constructor arguments of :class:`~recsys.models.two_tower.TwoTower` that come from
+        the data: ``n_items``, ``items`` (:class:`ItemInputs`), ``users`` (:class:`UserInputs`)."""
         ic, im = self.items.sizes()
         uc, _ = self.users.sizes()
-        return {"n_items": self.n_items, "n_item_buckets": self.items.n_buckets,
-                "n_user_buckets": self.users.n_buckets, "item_categorical": ic, "item_multi_hot": im,
-                "user_categorical": uc, "max_history": self.max_history}
+        return {"n_items": self.n_items,
+                "items": ItemInputs(n_id_buckets=self.items.n_buckets, categorical=ic, multi_hot=im),
+                "users": UserInputs(n_id_buckets=self.users.n_buckets, categorical=uc, max_history=self.max_history)}
 
     def feature_metadata(self) -> dict[str, Any]:
         return {"max_history": self.max_history, "items": self.items.metadata(), "users": self.users.metadata()}

@@ -9,7 +9,7 @@ training positives (for ``M = 0`` this is ``log p_i`` up to a constant). A
 candidate that is one of the user's own training positives (other than the
 target itself) is masked out, so it is never pushed down as a negative.
 
-Evaluation is exact and reuses :class:`~recsys.training.seq_module.SequentialRecModule`:
+Evaluation is exact and reuses :class:`~recsys.training.sequence.module.SequentialRecModule`:
 all item vectors are computed once per evaluation epoch, each process scores its
 users against the whole catalogue, history is excluded, per-user metrics are
 gathered across processes and averaged with exact rounding.
@@ -26,7 +26,7 @@ from torch import nn
 from recsys.data.splits import EvalSet
 from recsys.evaluation.ranking import exclude
 from recsys.models.two_tower import ID, TwoTower
-from recsys.training.seq_module import SequentialRecModule
+from recsys.training.sequence.module import SequentialRecModule
 
 DENSE_MASK_MAX = 50_000_000  # users x items below which own positives are looked up in a bool matrix
 

@@ -1,5 +1,5 @@
 """``recsys features bench``: batch and online throughput on synthetic clickstreams,
-beside a naive pandas groupby baseline on the same data."""
+beside a naive pandas groupby baseline on the same data (docs/features.md)."""
 from __future__ import annotations
 
 import gc
@@ -13,7 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recsys.features.definitions import BEHAVIOURAL, FeatureSet
+from recsys.features import batch
+from recsys.features.definitions import BEHAVIOURAL, FeatureSet, seconds
+from recsys.features.online import OnlineFeatures
+from recsys.utils.errors import RecsysError
 
 DAY = 86400.0
 
@@ -59,7 +62,10 @@ def synthetic_clickstream(n_events: int, n_users: int = 200_000, n_items: int = 
 def _pandas_baseline(path: Path, fs: FeatureSet, as_of: float, n_rows: int) -> dict[str, Any]:
     """Naive pandas: read the Parquet, one ``groupby().agg`` per entity over the same
     per-event weights (numpy-vectorised columns), sessions by groupby, write Parquet."""
-    import pandas as pd
+    try:
+        import pandas as pd
+    except ImportError:  # pandas serves this baseline only
+        raise RecsysError("recsys features bench: its baseline needs pandas (pip install pandas)") from None
 
     t0 = time.perf_counter()
     df = pd.read_parquet(path).iloc[:n_rows]
@@ -71,14 +77,10 @@ def _pandas_baseline(path: Path, fs: FeatureSet, as_of: float, n_rows: int) -> d
             "dwell": np.where(is_view, np.nan_to_num(val), 0.0), "dwell_n": (is_view & ~np.isnan(val)) * 1.0}
     cols["dwell_sq"] = cols["dwell"] ** 2
     for h in fs.config.get("half_lives", ["1d", "7d"]):
-        from recsys.features.definitions import seconds
-
         d = np.exp2(-(as_of - t) / seconds(h))
         for s in ("event", "view", "click", "dwell"):
             cols[f"{s}_decay_{h}"] = cols[s] * d
     for w in fs.config.get("windows", [{"size": "1h"}, {"size": "1d"}, {"size": "7d"}, {"size": "28d"}]):
-        from recsys.features.definitions import seconds
-
         m = t >= as_of - seconds(w["size"])
         for s in ("event", "view", "click"):
             cols[f"{s}_{w['size']}"] = cols[s] * m
@@ -154,13 +156,12 @@ def per_event_stream(on: Any, rows: list[tuple], read_every: int, known_users: l
 def run_bench(fs: FeatureSet, out_dir: str | Path, n_events: int = 10_000_000, n_online: int = 1_000_000,
               micro_batch: int = 1000, n_reads: int = 10_000, baseline_rows: int | None = None,
               n_users: int = 200_000, n_items: int = 50_000, seed: int = 0, read_every: int = 100,
-              buffer_size: int = 1024, log: Any = print) -> dict[str, Any]:
-    """The numbers of ``recsys features bench`` (see docs/features.md)."""
+              buffer_size: int = 1024, threads: int | None = None, log: Any = print) -> dict[str, Any]:
+    """The numbers of ``recsys features bench`` (see docs/features.md). ``threads``:
+    the batch's worker threads (None: every core, :func:`recsys.features.batch.worker_threads`)."""
     import polars as pl
 
-    from recsys.features import batch
-    from recsys.features.online import OnlineFeatures
-
+    threads = batch.worker_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
@@ -180,9 +181,9 @@ def run_bench(fs: FeatureSet, out_dir: str | Path, n_events: int = 10_000_000, n
     load_batch = os.getloadavg()
     timer = batch.StageTimer()
     t0, c0 = time.perf_counter(), time.process_time()
-    frames, params = batch.snapshot_and_params(path, fs, as_of, "fit", timer=timer)
+    frames, params = batch.snapshot_and_params(path, fs, as_of, "fit", timer=timer, threads=threads)
     with timer("write"):
-        written = batch.write_features(frames, out_dir / "features")
+        written = batch.write_features(frames, out_dir / "features", threads=threads)
     batch_s, batch_cpu = time.perf_counter() - t0, time.process_time() - c0
     write_s = timer.stages["write"]["wall_s"]
     rows = {e: f.height for e, f in frames.items()}
@@ -252,7 +253,7 @@ def run_bench(fs: FeatureSet, out_dir: str | Path, n_events: int = 10_000_000, n
         "before": BEFORE,
         "n_events": n_events, "batch_seconds": batch_s, "batch_events_per_s": n_events / batch_s,
         "batch_cpu_seconds": batch_cpu, "batch_write_seconds": write_s, "batch_load_average": list(load_batch),
-        "batch_stages": timer.stages, "batch_threads": batch.SNAPSHOT_THREADS,
+        "batch_stages": timer.stages, "batch_threads": threads,
         "batch_rows": rows, "batch_files": written, "n_features": len(fs.features), "feature_set": fs.version,
         "baseline": {"engine": "pandas groupby (naive)", **base},
         "baseline_events_per_s": base["events_per_s"],
@@ -271,3 +272,12 @@ def run_bench(fs: FeatureSet, out_dir: str | Path, n_events: int = 10_000_000, n
         "generate_seconds": gen_s, "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
         "cpu_count": os.cpu_count(), "polars_threads": pl.thread_pool_size(),
     }
+
+
+def summary_line(res: dict[str, Any]) -> str:
+    """The one line ``recsys features bench`` prints."""
+    return (f"batch {res['batch_events_per_s']:,.0f} events/s vs pandas {res['baseline_events_per_s']:,.0f} "
+            f"({res['batch_vs_baseline']:.1f}x); online {res['online_events_per_s']:,.0f} events/s, "
+            f"(per-event API {res['online_per_event_api_events_per_s']:,.0f} events/s), read p99 "
+            f"{res['online_read_p99_ms']:.3f} ms wall / {res['online_read_p99_cpu_ms']:.3f} ms CPU; "
+            f"load avg {res['loadavg_before'][0]:.1f}")

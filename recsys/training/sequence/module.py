@@ -5,6 +5,11 @@ full-ranking evaluation: each process scores its share of the users against the
 whole catalogue, per-user metrics are all-gathered, and every process computes
 the same exactly-rounded mean, so metrics do not depend on the number of
 processes or the evaluation batch size.
+
+Batches are typed (:mod:`recsys.training.sequence.batches`): the training batch's
+type says the task (causal or masked), and an evaluation batch carries its rows of
+the split's EvalSet, their padded histories and held-out items, so the module
+never looks the evaluation set up through the trainer.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ from torch import nn
 
 from recsys.data.splits import EvalSet
 from recsys.evaluation.ranking import aggregate, chunk_metrics, exclude, top_k_items
-from recsys.models.bert4rec import mask_sequence
-from recsys.training.seq_data import left_pad
+from recsys.training.sequence.batches import EvalBatch, MaskedBatch, SequenceBatch
+from recsys.training.sequence.data import padded_histories
+from recsys.utils.sparse import CSR
 
 
 class SequentialRecModule(L.LightningModule):
@@ -64,11 +70,8 @@ class SequentialRecModule(L.LightningModule):
         # reproduces an uninterrupted one whatever else consumed the global RNG
         torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 131 + self.global_rank)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if "seq" in batch:  # masked task
-            inputs, labels = mask_sequence(batch["seq"], self.mask_prob, self.net.mask_token)
-        else:
-            inputs, labels = batch["input"], batch["labels"]
+    def training_step(self, batch: SequenceBatch | MaskedBatch, batch_idx: int) -> torch.Tensor:
+        inputs, labels = batch.inputs_and_labels(self.mask_prob, getattr(self.net, "mask_token", None))
         hidden = self.net(inputs)  # B, T, D
         real = labels > 0
         loss = self.loss(hidden[real], labels[real], self.net.output_embeddings())
@@ -89,22 +92,37 @@ class SequentialRecModule(L.LightningModule):
 
     # ---- exact evaluation --------------------------------------------------
     @torch.no_grad()
+    def score_sequences(self, seq: torch.Tensor, history: CSR) -> torch.Tensor:
+        """``(B, n_items + 1)`` fp32 scores of left-padded histories ``seq`` ``(B, T)``
+        (``history``: the same rows as a CSR, excluded when ``exclude_history``)."""
+        seq = seq[:, -self.net.max_len:].to(self.device)  # longer inputs would leave the position table
+        with torch.autocast(self.device.type, enabled=False):  # rank in fp32 even under bf16 training
+            scores = self.net.next_item_state(seq).float() @ self.net.output_embeddings().float().T
+        exclude(scores, history if self.exclude_history else None)
+        return scores
+
+    @torch.no_grad()
     def score_histories(self, history_rows: np.ndarray, es: EvalSet) -> torch.Tensor:
         """``(B, n_items + 1)`` scores for rows of an EvalSet (history excluded)."""
         hist = es.history.take(history_rows)
-        longest = int(min(max(hist.lengths().max(initial=1), 1), self.net.max_len))
-        seq = torch.from_numpy(left_pad(hist, longest)).to(self.device)  # trimmed: exact, see collate_trim
-        with torch.autocast(self.device.type, enabled=False):  # rank in fp32 even under bf16 training
-            scores = self.net.next_item_state(seq).float() @ self.net.output_embeddings().float().T
-        exclude(scores, hist if self.exclude_history else None)
-        return scores
+        return self.score_sequences(padded_histories(hist, self.net.max_len), hist)
 
-    def _eval_step(self, rows: torch.Tensor, es: EvalSet) -> None:
-        r = rows.cpu().numpy()
-        scores = self.score_histories(r, es)
+    def _eval_batch(self, batch: EvalBatch | torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor, CSR]:
+        """``(rows, scores, targets)`` of an evaluation batch. An :class:`EvalBatch`
+        carries everything; a plain tensor of row indices (the two-tower data module's
+        evaluation batches, until they are typed too) is looked up in the data
+        module's ``<split>_set`` and scored by :meth:`score_histories`."""
+        if isinstance(batch, EvalBatch):
+            return batch.rows, self.score_sequences(batch.seq, batch.history), batch.targets
+        es = getattr(self.trainer.datamodule, f"{split}_set")
+        r = batch.cpu().numpy()
+        return batch, self.score_histories(r, es), es.targets.take(r)
+
+    def _eval_step(self, batch: EvalBatch | torch.Tensor, split: str) -> None:
+        rows, scores, targets = self._eval_batch(batch, split)
         if torch.isnan(scores).any():
             raise FloatingPointError("model produced NaN scores during evaluation")
-        values = chunk_metrics(scores, es.targets.take(r), self.ks)
+        values = chunk_metrics(scores, targets, self.ks)
         if self.top_k:
             values["_top"] = top_k_items(scores, self.top_k)
         self._eval_rows.append(rows.to(self.device))
@@ -138,14 +156,14 @@ class SequentialRecModule(L.LightningModule):
         out = {k: self.all_gather(pad(v))[keep] for k, v in local.items()}
         return g_rows[keep], out
 
-    def validation_step(self, rows: torch.Tensor, batch_idx: int) -> None:
-        self._eval_step(rows, self.trainer.datamodule.val_set)
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_end("val")
 
-    def test_step(self, rows: torch.Tensor, batch_idx: int) -> None:
-        self._eval_step(rows, self.trainer.datamodule.test_set)
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")

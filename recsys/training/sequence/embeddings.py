@@ -1,5 +1,6 @@
 """Retrieval embeddings of a trained sequence model (the ``embeddings/`` contract
-that ``recsys index build`` reads; see :mod:`recsys.artifacts.embeddings`).
+that ``recsys index build`` reads; written by
+:func:`recsys.artifacts.embeddings.write_run_embeddings`).
 
 * items: the output embedding table (rows ``1..n``), the vectors next-item
   states are scored against (inner product);
@@ -16,15 +17,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.training.seq_data import left_pad
+from recsys.artifacts.embeddings import write_run_embeddings
+from recsys.training.sequence.data import left_pad
+
+
+def item_categories(data: Any) -> list[str | None] | None:
+    """A category string per item: the ``category`` column, else the first genre of a list column."""
+    items = data.items
+    for name in ("category", "class", "genre", "genres"):
+        if name in items.column_names:
+            vals = items.column(name).to_pylist()
+            return [(v[0] if v else None) if isinstance(v, list) else (None if v is None else str(v)) for v in vals]
+    return None
 
 
 @torch.no_grad()
 def write_sequence_embeddings(net: torch.nn.Module, data: Any, split: Any, directory: str | Path, run: str,
                               batch_size: int = 1024) -> dict[str, Any]:
-    from recsys.artifacts.embeddings import write_run_embeddings as write_embeddings
-    from recsys.training.two_tower_fit import item_categories
-
+    """Write ``directory`` (items, the users of ``split.test`` and their seen items); returns its metadata."""
     was_training = net.training
     net.eval()
     es = split.test
@@ -43,8 +53,8 @@ def write_sequence_embeddings(net: torch.nn.Module, data: Any, split: Any, direc
     lens = es.history.lengths()
     seen_u = np.repeat(es.users, lens)
     seen_i = es.history.indices
-    return write_embeddings(directory, item_ids=iid.tolist(), item_vectors=item_vecs,
-                            user_ids=uid[es.users - 1].tolist(), user_vectors=user_vecs,
-                            seen_user_ids=uid[seen_u - 1].tolist(), seen_item_ids=iid[seen_i - 1].tolist(),
-                            metric="ip", data_fingerprint=data.fingerprint, run=run,
-                            item_categories=item_categories(data), model=type(net).__name__)
+    return write_run_embeddings(directory, item_ids=iid.tolist(), item_vectors=item_vecs,
+                                user_ids=uid[es.users - 1].tolist(), user_vectors=user_vecs,
+                                seen_user_ids=uid[seen_u - 1].tolist(), seen_item_ids=iid[seen_i - 1].tolist(),
+                                metric="ip", data_fingerprint=data.fingerprint, run=run,
+                                item_categories=item_categories(data), model=type(net).__name__)

@@ -1,6 +1,8 @@
-"""Latency of an exported ranker: ONNX Runtime (single thread, CPU) vs torch eager.
+"""``recsys export bench``: latency of an exported bundle, ONNX Runtime (single
+thread, CPU) vs torch eager; rankers (:func:`bench_bundle`, :func:`int8_comparison`)
+and query encoders (:func:`bench_encoder`).
 
-A request is one user's candidates: the user-level features (user, group,
+A ranker request is one user's candidates: the user-level features (user, group,
 hour, user CTR features) of one real row, repeated over ``n`` candidate items
 taken from the bundle's real parity rows, all at position 0. Timings are wall
 clock per ``session.run`` call (``time.perf_counter_ns``), after warm-up.
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from recsys.utils.errors import RecsysError
 
 USER_LEVEL = ("user", "user_group", "hour", "user_ctr", "user_log_imps")
 
@@ -41,6 +45,18 @@ def time_calls(fn: Callable[[dict[str, np.ndarray]], Any], requests: Sequence[di
         fn(r)
         out[i] = (time.perf_counter_ns() - t0) / 1e6
     return out
+
+
+def saved_rows(model_dir: Path, names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the inputs ``names`` of the model's saved test rows, every saved array): the
+    ranker bench draws its requests from them."""
+    from recsys.artifacts.models import read_model_arrays
+
+    if not (model_dir / "parity_rows.safetensors").is_file():
+        raise RecsysError(f"{model_dir / 'parity_rows.safetensors'}: missing (the bench draws its requests from "
+                          f"the model's saved test rows)")
+    saved = read_model_arrays(model_dir, "parity_rows.safetensors")
+    return {k: saved[k] for k in names}, saved
 
 
 def bench_bundle(bundle_dir: str | Path, rows: dict[str, np.ndarray], net: Any = None,
@@ -176,3 +192,27 @@ def bench_encoder(bundle_dir: str | Path, module: Any = None, batch_sizes: Seque
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def ranker_report_lines(res: dict[str, Any]) -> list[str]:
+    """What ``recsys export bench`` prints for a ranker bundle."""
+    lines = [f"{'candidates':>10}  {'p50 ms':>8}  {'p99 ms':>8}"]
+    lines += [f"{n:>10}  {res['p50_ms'][n]:8.4f}  {res['p99_ms'][n]:8.4f}" for n in res["p50_ms"]]
+    lines += [f"{k}: {res[k]}" for k in ("throughput_rows_per_s", "onnx_speedup_vs_torch_batch1", "parity_max_abs_diff",
+                                         "parity_max_abs_diff_at_export") if k in res]
+    return lines
+
+
+def encoder_report_lines(res: dict[str, Any], model_class: str) -> list[str]:
+    """What ``recsys export bench`` prints for a query-encoder bundle."""
+    lines = [f"query encoder {model_class}, seq_len {res['seq_len']}, {res['n_items']} items "
+             f"(single thread; ratio > 1: ORT faster)",
+             f"{'batch':>6}  {'ORT p50 ms':>10}  {'ORT p99 ms':>10}  {'+top10 ms':>9}  {'torch p50 ms':>12}  "
+             f"{'torch/ORT':>9}"]
+    for b, r in res["by_batch"].items():
+        lines.append(f"{b:>6}  {r['onnx_p50_ms']:10.3f}  {r['onnx_p99_ms']:10.3f}  {r['onnx_plus_topk_p50_ms']:9.3f}  "
+                     f"{r.get('torch_p50_ms', float('nan')):12.3f}  {r.get('torch_over_onnx_p50', float('nan')):9.2f}")
+    if "parity_max_abs_diff" in res:
+        lines.append(f"parity on these requests: max |torch - onnx| = {res['parity_max_abs_diff']:.3g} "
+                     f"(at export: {res['parity_max_abs_diff_at_export']:.3g})")
+    return lines

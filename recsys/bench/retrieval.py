@@ -17,6 +17,7 @@ threads (builds use ``build_threads``); times are best of ``repeats``.
 """
 from __future__ import annotations
 
+import json
 import resource
 import shutil
 import time
@@ -165,3 +166,22 @@ def run_bench(candidates: list[IndexSpec], *, n_items: int = 1_000_000, dim: int
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "generator": {"kind": "clustered mixture of Gaussians, power-law sizes, unit norm", "seed": seed, **gen},
             "total_s": time.perf_counter() - t0}
+
+
+def report_lines(res: dict[str, Any]) -> list[str]:
+    """The table ``recsys index bench`` prints: one row per index (its chosen sweep
+    point), the wrapper overhead and the GPU figures."""
+    k = res["k"]
+    head = (f"{'index':<22} {'params':<30} {'recall@' + str(k):>9} {'qps':>9} {'speedup':>8} "
+            f"{'build_s':>8} {'memory_mb':>9}")
+    lines = [head, "-" * len(head)]
+    for r in res["results"]:
+        lines.append(f"{r['index']:<22} {json.dumps(r['params']):<30} {r[f'recall@{k}']:>9.4f} {r['qps']:>9.0f} "
+                     f"{r['speedup_vs_exact']:>8.1f} {r['build_s']:>8.1f} {r['memory_mb']:>9.1f}")
+    if res["wrapper_overhead"] is not None:
+        d = res["wrapper_overhead_detail"]
+        lines.append(f"wrapper_overhead: {res['wrapper_overhead']:.3f} (project / raw faiss CPU time, {d['index']} "
+                     f"{d['params']}, batch {d['batch']}; wall clock {d['wall_ratio']:.3f}; batch 1: "
+                     f"{d['batch1']['ratio']:.3f})")
+    lines.append(f"gpu: {res['gpu']}")
+    return lines

@@ -2,22 +2,26 @@
 
 Training examples come from the split's training interactions only: per user,
 the last ``max_len + 1`` training items give ``input = s[:-1]`` and
-``labels = s[1:]`` (causal task), or ``max_len`` items to be masked (BERT4Rec's
-``masked`` task), left-padded with 0. Evaluation batches carry row indices
-into the split's :class:`~recsys.data.splits.EvalSet`; each process takes every
-``world_size``-th row and nothing is padded or duplicated, so gathered metrics
-are exact (see :class:`~recsys.training.seq_module.SequentialRecModule`).
+``labels = s[1:]`` (causal task, :class:`~recsys.training.sequence.batches.SequenceBatch`),
+or ``max_len`` items to be masked (BERT4Rec's ``masked`` task,
+:class:`~recsys.training.sequence.batches.MaskedBatch`), left-padded with 0.
+Evaluation batches (:class:`~recsys.training.sequence.batches.EvalBatch`) carry
+their rows of the split's :class:`~recsys.data.splits.EvalSet`, the histories
+and the held-out items; each process takes every ``world_size``-th row and
+nothing is padded or duplicated, so gathered metrics are exact (see
+:class:`~recsys.training.sequence.module.SequentialRecModule`).
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import pytorch_lightning as L
 import torch
-from typing import Iterator
-
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recsys.data.splits import EvalSet, Split
+from recsys.training.sequence.batches import EvalBatch, MaskedBatch, SequenceBatch
 from recsys.utils.errors import RecsysError
 from recsys.utils.sparse import CSR
 
@@ -47,13 +51,20 @@ def left_pad(rows: CSR, length: int) -> np.ndarray:
     return out
 
 
+def padded_histories(history: CSR, max_len: int) -> torch.Tensor:
+    """``(R, T)`` the rows left-padded to the longest one, ``1 <= T <= max_len``
+    (leading all-padding columns dropped: exact, positions count from the first item)."""
+    longest = int(min(max(history.lengths().max(initial=1), 1), max_len))
+    return torch.from_numpy(left_pad(history, longest))
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar length, shuffled, deterministic in ``(seed, epoch)``.
 
     Each process takes every ``world``-th example of a seeded permutation; pools of
     ``pool_batches`` batches are sorted by length and cut into batches, whose order
-    is shuffled. With :func:`collate_trim` a batch then costs about its real
-    tokens instead of ``batch_size x max_len`` (Beauty: ~7x fewer tokens).
+    is shuffled. With the trimming collate functions a batch then costs about its
+    real tokens instead of ``batch_size x max_len`` (Beauty: ~7x fewer tokens).
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, world: int = 1, rank: int = 0,
@@ -85,14 +96,36 @@ class BucketBatchSampler(Sampler[list[int]]):
         return sum(-(-min(self.pool, n - s) // self.batch_size) for s in range(0, n, self.pool))
 
 
-def collate_trim(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack and drop the leading columns that are padding in every row (exact:
-    positions are counted from each row's first item)."""
+def _stack_trim(items: list[dict[str, torch.Tensor]], key: str) -> dict[str, torch.Tensor]:
+    """Stack and drop the leading columns that are padding in every row of ``key``
+    (exact: positions are counted from each row's first item)."""
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
-    key = "input" if "input" in batch else "seq"
     nonpad = (batch[key] > 0).any(0).nonzero()
     start = int(nonpad[0]) if len(nonpad) else batch[key].shape[1] - 1
     return {k: v[:, start:] for k, v in batch.items()}
+
+
+def collate_causal(items: list[dict[str, torch.Tensor]]) -> SequenceBatch:
+    b = _stack_trim(items, "input")
+    return SequenceBatch(input=b["input"], labels=b["labels"])
+
+
+def collate_masked(items: list[dict[str, torch.Tensor]]) -> MaskedBatch:
+    return MaskedBatch(seq=_stack_trim(items, "seq")["seq"])
+
+
+class EvalCollate:
+    """Row indices of ``eval_set`` -> :class:`EvalBatch` (histories cut to ``max_len``)."""
+
+    def __init__(self, eval_set: EvalSet, max_len: int):
+        self.eval_set, self.max_len = eval_set, max_len
+
+    def __call__(self, rows: list[torch.Tensor]) -> EvalBatch:
+        r = torch.stack(rows)
+        idx = r.numpy()
+        history = self.eval_set.history.take(idx)
+        return EvalBatch(rows=r, seq=padded_histories(history, self.max_len), history=history,
+                         targets=self.eval_set.targets.take(idx))
 
 
 class _Arrays(Dataset):
@@ -107,11 +140,25 @@ class _Arrays(Dataset):
         return {k: v[i] for k, v in self.arrays.items()}
 
 
+class TrainingInteractions:
+    """Training interactions without evaluation sets (a split-like object for
+    :class:`SequenceDataModule` when only training is wanted, e.g. a fixed-epoch fit).
+    ``users`` / ``items``: sorted by user, then time."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray):
+        self.users, self.items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+        empty = CSR.from_lists([])
+        self.val = self.test = EvalSet(users=np.zeros(0, np.int64), history=empty, targets=empty)
+
+    def train_arrays(self) -> tuple[np.ndarray, np.ndarray, None]:
+        return self.users, self.items, None
+
+
 class SequenceDataModule(L.LightningDataModule):
     """Args:
-        split: a :class:`~recsys.data.splits.Split`.
+        split: a :class:`~recsys.data.splits.Split` (or :class:`TrainingInteractions`).
         n_items: catalogue size.
-        max_len: model input length.
+        max_len: model input length (also the longest history evaluated).
         task: ``"causal"`` (predict every next item) or ``"masked"`` (BERT4Rec).
         batch_size: training sequences per step (per process).
         eval_batch_size: users per evaluation step.
@@ -121,8 +168,8 @@ class SequenceDataModule(L.LightningDataModule):
     :class:`~recsys.utils.errors.RecsysError`) instead of a fit of zero steps.
     """
 
-    def __init__(self, split: Split, n_items: int, max_len: int = 50, task: str = "causal", batch_size: int = 256,
-                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0):
+    def __init__(self, split: Split | TrainingInteractions, n_items: int, max_len: int = 50, task: str = "causal",
+                 batch_size: int = 256, eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0):
         super().__init__()
         if task not in ("causal", "masked"):
             raise ValueError(f"task must be 'causal' or 'masked', got {task!r}")
@@ -169,13 +216,14 @@ class SequenceDataModule(L.LightningDataModule):
         # the order depends only on (seed, epoch), so a resumed run sees the same
         # batches as an uninterrupted one
         sampler = BucketBatchSampler(self.train_lengths, self.batch_size, self.seed, world, rank)
-        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate_trim,
-                          num_workers=self.num_workers)
+        collate = collate_causal if self.task == "causal" else collate_masked
+        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
 
     def _eval_loader(self, es: EvalSet) -> DataLoader:
         world, rank = self._world()
         rows = torch.arange(len(es))[rank::world]
-        return DataLoader(rows, batch_size=self.eval_batch_size, shuffle=False)
+        return DataLoader(rows, batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=EvalCollate(es, self.max_len))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.split.val)
