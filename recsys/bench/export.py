@@ -147,7 +147,8 @@ def bench_encoder(bundle_dir: str | Path, module: Any = None, batch_sizes: Seque
     torch ``module`` is called as ``module(items, *side)``."""
     import torch
 
-    from recsys.export.onnx_encoder import onnx_states, top_k_excluding
+    from recsys.export.onnx_encoder import onnx_states
+    from recsys.utils.topk import top_k_excluding
     from recsys.export.onnx_ranker import onnx_session
 
     bundle_dir = Path(bundle_dir)

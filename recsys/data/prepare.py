@@ -245,3 +245,13 @@ def load_prepared(directory: str | Path) -> PreparedData:
     except (pa.ArrowInvalid, json.JSONDecodeError) as e:
         raise DataError(directory, f"prepared dataset is corrupt ({e}); delete the cache folder") from e
     return PreparedData(meta["name"], tables["interactions"], tables["users"], tables["items"], meta, directory)
+
+
+def item_categories(data: Any) -> list[str | None] | None:
+    """A category string per item: the ``category`` column, else the first genre of a list column."""
+    items = data.items
+    for name in ("category", "class", "genre", "genres"):
+        if name in items.column_names:
+            vals = items.column(name).to_pylist()
+            return [(v[0] if v else None) if isinstance(v, list) else (None if v is None else str(v)) for v in vals]
+    return None

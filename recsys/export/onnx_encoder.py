@@ -60,7 +60,8 @@ from recsys.export.errors import ExportError
 from recsys.export.onnx_ranker import OPSET, onnx_session, rebuild_net
 from recsys.utils.io import sha256_file
 from recsys.utils.lineage import git_commit, versions
-from recsys.utils.sparse import CSR
+from recsys.utils.sparse import CSR, left_pad  # noqa: F401  (left_pad re-exported)
+from recsys.utils.topk import top_k_excluding  # noqa: F401  (re-exported)
 
 MODEL_FILE = "query_encoder.onnx"
 TABLE_FILE = "item_embeddings.npy"
@@ -89,16 +90,6 @@ def bundle_kind(model_dir: str | Path) -> str:
 
 
 embedding_version = models.embedding_version
-
-
-def left_pad(rows: CSR, length: int) -> np.ndarray:
-    """``(R, length)`` int64: the last ``length`` items of each row, left-padded with 0."""
-    out = np.zeros((rows.n_rows, length), dtype=np.int64)
-    for r in range(rows.n_rows):
-        items = rows.row(r)[-length:]
-        if len(items):
-            out[r, length - len(items):] = items
-    return out
 
 
 def export_encoder_onnx(module: nn.Module, example: np.ndarray, path: str | Path, max_len: int | None,
@@ -145,21 +136,6 @@ def onnx_states(session: Any, items: np.ndarray, batch_size: int = 256,
     return np.concatenate([session.run(["state"], {"items": np.ascontiguousarray(items[s:s + batch_size]),
                                                    **_chunk(side, s, s + batch_size)})[0]
                            for s in range(0, len(items), batch_size)])
-
-
-def top_k_excluding(scores: np.ndarray, items: np.ndarray, k: int, exclude_seen: bool = True) -> np.ndarray:
-    """``(B, k)`` ids of the highest ``scores`` (B, n_items + 1), ties broken by
-    the smaller id; id 0 (padding) and, with ``exclude_seen``, the ids in
-    ``items`` (B, T) never appear (same rule as the serving runtime)."""
-    s = np.array(scores, dtype=np.float32, copy=True)
-    s[:, 0] = -np.inf
-    if exclude_seen:  # pads hit column 0 again
-        s[np.repeat(np.arange(len(items)), items.shape[1]), items.ravel()] = -np.inf
-    k = min(k, s.shape[1] - 1)
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(s, part, 1)
-    order = np.lexsort((part, -vals), axis=1)
-    return np.take_along_axis(part, order, 1)
 
 
 def parity_at_length(module: nn.Module, session: Any, table_t: torch.Tensor, histories: CSR, length: int,

@@ -48,6 +48,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from recsys.serving.bundle import BundleError, RequestError, load_manifest, open_session
+from recsys.utils.topk import mask_seen, top_k_rows  # noqa: F401  (top_k_rows re-exported)
 
 
 class QueryEncoderRuntime:
@@ -204,10 +205,9 @@ class QueryEncoderRuntime:
         whole row, not only the last ``max_len`` the encoder reads)."""
         k = self.check_k(k)
         feeds, full = self._feeds(items, side)
-        s = self.session.run(["state"], feeds)[0] @ self.item_embeddings.T  # (B, n_items + 1)
-        s[:, 0] = -np.inf
+        s = mask_seen(self.session.run(["state"], feeds)[0] @ self.item_embeddings.T,  # (B, n_items + 1)
+                      full if exclude_seen else None)
         if exclude_seen:
-            s[np.repeat(np.arange(len(full)), full.shape[1]), full.ravel()] = -np.inf  # pads hit column 0 again
             if k > self.n_items - full.shape[1]:  # a long row may leave fewer than k items to recommend
                 left = (s > -np.inf).sum(axis=1)
                 if (left < k).any():
@@ -215,18 +215,3 @@ class QueryEncoderRuntime:
                     raise RequestError(f"k={k}: row {r} has seen {self.n_items - int(left[r])} of the {self.n_items} "
                                        f"items, only {int(left[r])} are left to recommend")
         return top_k_rows(s, k)
-
-
-def top_k_rows(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``s`` (B, N): the ``k`` best columns, best first, ties to the smaller
-    column, deterministically also at the cut (``argpartition`` alone picks any of the
-    items tied at the k-th score); ``(ids (B, k) int64, scores (B, k))``."""
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(s, part, 1)
-    kth = vals.min(axis=1, keepdims=True)
-    for r in np.flatnonzero((s >= kth).sum(axis=1) > k):  # more items tie at the cut than fit
-        cand = np.flatnonzero(s[r] >= kth[r, 0])
-        cand = cand[np.lexsort((cand, -s[r, cand]))[:k]]
-        part[r], vals[r] = cand, s[r, cand]
-    order = np.lexsort((part, -vals), axis=1)
-    return np.take_along_axis(part, order, 1).astype(np.int64), np.take_along_axis(vals, order, 1)

@@ -72,3 +72,16 @@ class CSR:
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         return cls(indptr, np.asarray(values, dtype=np.int64))
+
+
+def left_pad(rows: CSR, length: int) -> np.ndarray:
+    """``(R, length)`` int64: the last ``length`` items of each row, left-padded with 0."""
+    out = np.zeros((rows.n_rows, length), dtype=np.int64)
+    lens = np.minimum(rows.lengths(), length)
+    r = np.repeat(np.arange(rows.n_rows), lens)
+    starts = np.cumsum(lens) - lens
+    within = np.arange(lens.sum()) - np.repeat(starts, lens)  # 0.. among the kept items
+    pos_from_end = np.repeat(lens, lens) - 1 - within
+    src = np.repeat(rows.indptr[1:], lens) - 1 - pos_from_end
+    out[r, length - 1 - pos_from_end] = rows.indices[src]
+    return out

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from recsys.data.splits import EvalSet, Split
 from recsys.training.sequence.batches import EvalBatch, MaskedBatch, SequenceBatch
 from recsys.utils.errors import RecsysError
-from recsys.utils.sparse import CSR
+from recsys.utils.sparse import CSR, left_pad  # noqa: F401  (left_pad re-exported)
 
 
 class TrainingInputError(RecsysError, ValueError):
@@ -36,19 +36,6 @@ def check_positive_int(value: object, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise TrainingInputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def left_pad(rows: CSR, length: int) -> np.ndarray:
-    """``(R, length)`` int64: the last ``length`` items of each row, left-padded with 0."""
-    out = np.zeros((rows.n_rows, length), dtype=np.int64)
-    lens = np.minimum(rows.lengths(), length)
-    r = np.repeat(np.arange(rows.n_rows), lens)
-    starts = np.cumsum(lens) - lens
-    within = np.arange(lens.sum()) - np.repeat(starts, lens)  # 0.. among the kept items
-    pos_from_end = np.repeat(lens, lens) - 1 - within
-    src = np.repeat(rows.indptr[1:], lens) - 1 - pos_from_end
-    out[r, length - 1 - pos_from_end] = rows.indices[src]
-    return out
 
 
 def padded_histories(history: CSR, max_len: int) -> torch.Tensor:

@@ -18,17 +18,8 @@ import numpy as np
 import torch
 
 from recsys.artifacts.embeddings import write_run_embeddings
-from recsys.training.sequence.data import left_pad
-
-
-def item_categories(data: Any) -> list[str | None] | None:
-    """A category string per item: the ``category`` column, else the first genre of a list column."""
-    items = data.items
-    for name in ("category", "class", "genre", "genres"):
-        if name in items.column_names:
-            vals = items.column(name).to_pylist()
-            return [(v[0] if v else None) if isinstance(v, list) else (None if v is None else str(v)) for v in vals]
-    return None
+from recsys.data.prepare import item_categories
+from recsys.utils.sparse import left_pad
 
 
 @torch.no_grad()

@@ -34,7 +34,8 @@ from recsys import schema as S
 from recsys.data.prepare import PreparedData
 from recsys.data.splits import EvalSet, Split
 from recsys.models.two_tower import ID, ItemInputs, UserInputs, as_spec, hash_bucket
-from recsys.training.sequence.data import check_positive_int, left_pad
+from recsys.training.sequence.data import check_positive_int
+from recsys.utils.sparse import left_pad
 from recsys.utils.errors import DataError
 from recsys.utils.sparse import CSR
 

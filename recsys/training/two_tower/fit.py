@@ -23,8 +23,8 @@ from recsys.artifacts.models import save_model, seal_model_dir
 from recsys.data.prepare import PreparedData
 from recsys.data.splits import Split
 from recsys.training.fit_eval import fit_and_evaluate
-from recsys.training.sequence.data import left_pad
-from recsys.training.sequence.embeddings import item_categories
+from recsys.utils.sparse import left_pad
+from recsys.data.prepare import item_categories
 from recsys.training.two_tower.data import TwoTowerDataModule
 from recsys.training.two_tower.module import TwoTowerModule
 from recsys.utils.io import write_json_atomic
