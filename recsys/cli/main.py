@@ -130,7 +130,8 @@ def _check(words: tuple[str, ...], config_name: str, rest: list[str]) -> list[st
     from hydra._internal.utils import get_args_parser
 
     from recsys.cli.config import config_header
-    from recsys.cli.validate import Checker, ConfigError, examples_from, quote_ids
+    from recsys.cli.ids import IdQuotingError, quote_ids
+    from recsys.cli.validate import Checker, ConfigError, examples_from
 
     args = get_args_parser().parse_args(rest)
     if args.help:
@@ -144,7 +145,7 @@ def _check(words: tuple[str, ...], config_name: str, rest: list[str]) -> list[st
         quoted = quote_ids(overrides, args.multirun)
         Checker(config_dir(), config_name, " ".join(words), quoted, multirun=args.multirun,
                 require_values=args.cfg is None, examples=examples_from(config_header(config_name))).run()
-    except ConfigError as e:
+    except (ConfigError, IdQuotingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     changed = {a: b for a, b in zip(overrides, quoted) if a != b}

@@ -126,7 +126,7 @@ def test_erase_user_1_0_keeps_user_10(tmp_path):
 def test_quote_ids_round_trips_through_hydra():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from recsys.cli.validate import quote_ids
+    from recsys.cli.ids import quote_ids
 
     parser = OverridesParser.create()
     for raw in ["1_0", "007", "1e3", "true", "null", "", "a b", "it's", "a\\", "a\\'b", "x,y", "[", "u:1", '"q"x']:
