@@ -23,6 +23,7 @@ not change) with one :class:`DuplicateEventsWarning` per :func:`prepare` call;
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +222,12 @@ def _side_table(ids: pa.Array, idx_name: str, id_name: str, side: pa.Table | Non
 
 
 def save_prepared(data: PreparedData, target: Path) -> None:
-    with atomic_dir(target) as tmp:
+    """Write the cache folder atomically. The folder is content-addressed: when another
+    process finished the same folder first, that one is kept (readers never see it
+    disappear); a leftover folder without ``meta.json`` is not a cache and is replaced."""
+    if target.is_dir() and not (target / "meta.json").is_file():
+        shutil.rmtree(target)
+    with atomic_dir(target, replace=False) as tmp:
         pq.write_table(data.interactions, tmp / "interactions.parquet")
         pq.write_table(data.users, tmp / "users.parquet")
         pq.write_table(data.items, tmp / "items.parquet")

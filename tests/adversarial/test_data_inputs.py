@@ -165,3 +165,22 @@ def test_duplicate_search_scales_with_distinct_timestamps():
     assert time.perf_counter() - t0 < 2.0
     t2 = pa.concat_tables([t.slice(0, 10), t.slice(5, 3)])
     assert exact_duplicate_rows(t2, ("user_idx", "timestamp")).tolist() == [10, 11, 12]
+
+
+def test_two_writers_of_the_same_cache_folder_keep_the_first(tmp_path):
+    """The prepared-data cache is content-addressed: a second writer of the same
+    fingerprint must not swap the folder out from under a reader."""
+    from recsys.data.prepare import load_prepared, save_prepared
+    from tests.helpers import prepared
+
+    data = prepared([("u1", "i1", 1.0), ("u1", "i2", 2.0), ("u2", "i1", 3.0)])
+    target = tmp_path / "cache" / "t-0123"
+    save_prepared(data, target)
+    inode = (target / "interactions.parquet").stat().st_ino
+    save_prepared(data, target)  # a concurrent writer finishing second
+    assert (target / "interactions.parquet").stat().st_ino == inode
+    assert load_prepared(target).interactions.num_rows == 3
+    assert sorted(p.name for p in target.parent.iterdir()) == ["t-0123"]
+    (target / "meta.json").unlink()  # a broken leftover is not a cache: replaced
+    save_prepared(data, target)
+    assert (target / "meta.json").is_file()
