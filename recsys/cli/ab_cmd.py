@@ -31,7 +31,7 @@ def _design(cfg: DictConfig) -> Any:
 
 
 def analyze(cfg: DictConfig) -> dict:
-    from recsys.evaluation.ab_report import markdown_report, plot_metric_by_arm, plot_sequential
+    from recsys.evaluation.ab_report import markdown_report, plot_metric_by_arm, plot_sequential, result_table
     from recsys.experiments.analysis import AnalysisOptions, analyze as run_analysis
     from recsys.experiments.archive import write_archive
     from recsys.experiments.exposures import metric_specs, read_experiment
@@ -66,7 +66,7 @@ def analyze(cfg: DictConfig) -> dict:
                "analysis": result, "data": lineage, "report": str(out_dir / "report.md"),
                "archive": str(archive) if archive else None, "timings": {"total_s": time.perf_counter() - t0}}
     path = write_summary(cfg, summary)
-    print(_table(result))
+    print(result_table(result))
     print(f"report: {out_dir / 'report.md'}")
     if archive:
         print(f"archive: {archive}")
@@ -74,43 +74,15 @@ def analyze(cfg: DictConfig) -> dict:
     return result["results"]
 
 
-def _table(result: dict) -> str:
-    srm = result["srm"]
-    rows = [f"SRM: p={srm['p_value']:.3g} {'FLAGGED' if srm['flagged'] else 'ok'}  arms={result['arms']}",
-            f"{'metric':<12}{'arm':<12}{'lift':>9}{'p':>10}{'cuped p':>10}{'seq p':>10}  significant"]
-    for name, m in result["metrics"].items():
-        for arm, c in m["comparisons"].items():
-            cp = c["cuped"]["p_value"] if "cuped" in c else float("nan")
-            sp = c["sequential"].get("p_value", c["sequential"]["p_value_final_look"])
-            rows.append(f"{name:<12}{arm:<12}{c['lift']['lift']:>+9.2%}{c['p_value']:>10.3g}{cp:>10.3g}"
-                        f"{sp:>10.3g}  {'yes' if c['significant'] else 'no'}")
-    return "\n".join(rows)
-
-
 def plan(cfg: DictConfig) -> dict:
-    from recsys.evaluation import ab
+    from recsys.evaluation.ab import plan_sample_size
 
-    binary = cfg.baseline_rate is not None
-    if not binary and cfg.std is None:
-        raise RecsysError("plan: give baseline_rate=<p> (binary metric) or std=<sd> [baseline_mean=<m>] (continuous)")
-    if cfg.arms < 2:
-        raise RecsysError(f"plan: arms must be >= 2, got {cfg.arms}")
-    alpha = ab.bonferroni(cfg.alpha, cfg.arms - 1) if cfg.correction == "bonferroni" else cfg.alpha
-    kw = {"baseline_rate": cfg.baseline_rate} if binary else {"std": cfg.std, "baseline_mean": cfg.baseline_mean}
     try:
-        n = ab.sample_size(cfg.mde, relative=cfg.relative, alpha=alpha, power_target=cfg.power,
-                           two_sided=cfg.two_sided, variance_reduction=cfg.variance_reduction, **kw)
+        out = plan_sample_size(**{k: cfg[k] for k in ("baseline_rate", "std", "baseline_mean", "mde", "relative",
+                                                       "alpha", "power", "two_sided", "arms", "correction",
+                                                       "variance_reduction", "daily_users", "traffic")})
     except ValueError as e:
         raise RecsysError(f"plan: {e}") from e
-    base = cfg.baseline_rate if binary else cfg.baseline_mean
-    effect = cfg.mde * base if cfg.relative else cfg.mde
-    out = {"metric": "binary" if binary else "continuous", "baseline": base, "mde": cfg.mde,
-           "mde_kind": "relative" if cfg.relative else "absolute", "mde_absolute": effect,
-           "alpha": cfg.alpha, "alpha_per_comparison": alpha, "power": cfg.power, "two_sided": cfg.two_sided,
-           "arms": cfg.arms, "variance_reduction": cfg.variance_reduction,
-           "n_per_arm": n, "n_total": n * cfg.arms}
-    if cfg.daily_users:
-        out["days"] = float(n * cfg.arms / (cfg.daily_users * cfg.traffic))
     print(json.dumps(out, indent=2))
     return out
 

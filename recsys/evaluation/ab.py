@@ -269,3 +269,28 @@ def as_floats(d: Mapping[str, Any]) -> dict[str, Any]:
     """0-d arrays -> Python floats (for JSON)."""
     return {k: (float(v) if np.ndim(v) == 0 and not isinstance(v, (bool, np.bool_)) else v)
             for k, v in d.items()}
+
+
+def plan_sample_size(*, baseline_rate: float | None, std: float | None, baseline_mean: float | None, mde: float,
+                     relative: bool, alpha: float, power: float, two_sided: bool, arms: int, correction: str | None,
+                     variance_reduction: float, daily_users: float | None, traffic: float) -> dict:
+    """Sample size per arm of a planned A/B test (binary metric with ``baseline_rate``,
+    continuous with ``std``), with Bonferroni over ``arms - 1`` comparisons when asked,
+    and the days it takes at ``daily_users * traffic``. ValueError on bad input."""
+    binary = baseline_rate is not None
+    if not binary and std is None:
+        raise ValueError("give baseline_rate=<p> (binary metric) or std=<sd> [baseline_mean=<m>] (continuous)")
+    if arms < 2:
+        raise ValueError(f"arms must be >= 2, got {arms}")
+    alpha_c = bonferroni(alpha, arms - 1) if correction == "bonferroni" else alpha
+    kw = {"baseline_rate": baseline_rate} if binary else {"std": std, "baseline_mean": baseline_mean}
+    n = sample_size(mde, relative=relative, alpha=alpha_c, power_target=power, two_sided=two_sided,
+                    variance_reduction=variance_reduction, **kw)
+    base = baseline_rate if binary else baseline_mean
+    out = {"metric": "binary" if binary else "continuous", "baseline": base, "mde": mde,
+           "mde_kind": "relative" if relative else "absolute", "mde_absolute": mde * base if relative else mde,
+           "alpha": alpha, "alpha_per_comparison": alpha_c, "power": power, "two_sided": two_sided,
+           "arms": arms, "variance_reduction": variance_reduction, "n_per_arm": n, "n_total": n * arms}
+    if daily_users:
+        out["days"] = float(n * arms / (daily_users * traffic))
+    return out

@@ -129,3 +129,17 @@ def markdown_report(result: Mapping[str, Any], title: str, plots: Mapping[str, s
     for caption, file in (plots or {}).items():
         lines += [f"## {caption}", "", f"![{caption}]({file})", ""]
     return "\n".join(lines)
+
+
+def result_table(result: dict) -> str:
+    """The console table of an A/B analysis: SRM, then lift / p-values per metric and arm."""
+    srm = result["srm"]
+    rows = [f"SRM: p={srm['p_value']:.3g} {'FLAGGED' if srm['flagged'] else 'ok'}  arms={result['arms']}",
+            f"{'metric':<12}{'arm':<12}{'lift':>9}{'p':>10}{'cuped p':>10}{'seq p':>10}  significant"]
+    for name, m in result["metrics"].items():
+        for arm, c in m["comparisons"].items():
+            cp = c["cuped"]["p_value"] if "cuped" in c else float("nan")
+            sp = c["sequential"].get("p_value", c["sequential"]["p_value_final_look"])
+            rows.append(f"{name:<12}{arm:<12}{c['lift']['lift']:>+9.2%}{c['p_value']:>10.3g}{cp:>10.3g}"
+                        f"{sp:>10.3g}  {'yes' if c['significant'] else 'no'}")
+    return "\n".join(rows)
