@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.data.prepare import PreparedData, prepare
 from recsys.utils.io import write_json_atomic
+from recsys.utils.tables import format_table  # noqa: F401  (re-exported for the commands)
 from recsys.utils.lineage import environment
 
 
@@ -41,17 +42,6 @@ def write_summary(cfg: DictConfig, summary: dict[str, Any]) -> Path:
                "config": OmegaConf.to_container(cfg, resolve=True)}
     write_json_atomic(out, summary)
     return out
-
-
-def format_table(rows: dict[str, dict[str, float]], columns: list[str], label: str = "model") -> str:
-    """A plain-text table: one row per model, one column per metric."""
-    name_w = max([len(label), *(len(r) for r in rows)])
-    head = f"{label:<{name_w}}  " + "  ".join(f"{c:>12}" for c in columns)
-    lines = [head, "-" * len(head)]
-    for name, vals in rows.items():
-        cells = "  ".join(f"{vals.get(c, float('nan')):>12.4f}" for c in columns)
-        lines.append(f"{name:<{name_w}}  {cells}")
-    return "\n".join(lines)
 
 
 def build_trainer(cfg: DictConfig, out: Path) -> Any:

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from recsys.utils.io import atomic_path
+from recsys.utils.tables import format_table
 
 
 def _save(fig, path: str | Path) -> Path:  # noqa: ANN001 - matplotlib Figure
@@ -90,16 +91,6 @@ def plot_regret(path: str | Path, curves: Mapping[str, Sequence[float]]) -> Path
 
 # --- text reports: the dicts returned by recsys.ope -> lines to print --------------------
 
-def _table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str], label: str = "name") -> str:
-    """One row per estimator / policy, one 12-wide column per number."""
-    name_w = max([len(label), *(len(r) for r in rows)])
-    head = f"{label:<{name_w}}  " + "  ".join(f"{c:>12}" for c in columns)
-    lines = [head, "-" * len(head)]
-    for name, vals in rows.items():
-        lines.append(f"{name:<{name_w}}  " + "  ".join(f"{vals.get(c, float('nan')):>12.4f}" for c in columns))
-    return "\n".join(lines)
-
-
 def policy_report(out: Mapping[str, Any]) -> str:
     """:func:`recsys.ope.evaluate_policy`'s result: context line, estimates table
     (with the truth where known), diagnostics and warnings."""
@@ -107,8 +98,8 @@ def policy_report(out: Mapping[str, Any]) -> str:
     lines = [f"policy {out['policy']} on {out['n_requests']} requests x {out['slate_size']} positions "
              f"({out['source']}); logger's on-policy value {out['logged_value']:.4f}"
              + (f"; TV(pi, logger) {tv:.3f}, KL {out['kl_divergence']:.3f}" if tv is not None else ""),
-             _table(out["estimates"], ["estimate", "ci_low", "ci_high"]
-                    + (["truth", "rel_error"] if truth is not None else []))]
+             format_table(out["estimates"], ["estimate", "ci_low", "ci_high"]
+                    + (["truth", "rel_error"] if truth is not None else []), label="name")]
     dg = out["diagnostics"]
     lines.append(f"diagnostics: ESS {dg['ess']:.0f}/{dg['n_requests']} requests, max weight {dg['max_weight']:.1f}, "
                  f"mean weight {dg['mean_weight']:.3f}, unsupported mass {dg['unsupported_mass']:.2%}, "
@@ -123,7 +114,7 @@ def bench_report(out: Mapping[str, Any]) -> str:
         f"policy {out['policy']}: true value {out['true_value']:.4f} (logger {out['logger_value']:.4f}); "
         f"TV(pi, logger) {out['total_variation']:.3f}, KL {out['kl_divergence']:.3f}; {out['n_seeds']} seeds "
         f"x {out['n_requests']} requests x {out['slate_size']} positions",
-        _table(out["table"], ["mean", "bias", "rmse", "rel_error", "coverage", "sd", "ci_width"]),
+        format_table(out["table"], ["mean", "bias", "rmse", "rel_error", "coverage", "sd", "ci_width"], label="name"),
         "calibrated 95% intervals have ci_width ~ 3.92 sd; with 20 seeds, 20/20 covering has "
         "probability 0.36 even then",
         f"true value {out['true_value']:.4f}; mean ESS {out['mean_ess']:.0f} of {out['n_requests']} requests"])
@@ -131,7 +122,7 @@ def bench_report(out: Mapping[str, Any]) -> str:
 
 def align_report(out: Mapping[str, Any]) -> str:
     """:func:`recsys.ope.run_align`'s result: one row per variant, then rank agreement per pair."""
-    lines = [_table(out["variants"], ["offline_ndcg", "truth", "DR", "SNIPS", "DM", "ess"]),
+    lines = [format_table(out["variants"], ["offline_ndcg", "truth", "DR", "SNIPS", "DM", "ess"], label="name"),
              f"{'pair':<20}{'kendall':>10}{'spearman':>10}"]
     lines += [f"{p:<20}{out['kendall_tau'][p]:>10.3f}{out['spearman'][p]:>10.3f}" for p in out["kendall_tau"]]
     return "\n".join(lines)
@@ -144,4 +135,4 @@ def regret_report(out: Mapping[str, Any]) -> str:
         f"cumulative regret vs the oracle slate ({out['n_requests']} requests x {out['slate_size']} positions, "
         f"bandits update every {out['batch_size']} requests); oracle value {out['oracle_value']:.4f} clicks "
         "per slate",
-        _table(rows, list(next(iter(rows.values()))))])
+        format_table(rows, list(next(iter(rows.values()))), label="name")])
