@@ -5,15 +5,23 @@ VENV ?= .venv
 # pass their own build, e.g. make TORCH_SPEC="torch==2.13.0" PIP_EXTRA="--index-url ..."
 TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA ?=
+# extras of pyproject.toml: `cpu` (faiss-cpu, onnxruntime) or `gpu` (faiss-gpu-cu12,
+# onnxruntime-gpu), never both: they install the same modules. GPU: make test EXTRAS=gpu,dev
+EXTRAS ?= cpu,dev
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# switching EXTRAS in one venv first removes the other builds of faiss / onnxruntime
+OTHER_BUILDS := $(if $(findstring gpu,$(EXTRAS)),faiss-cpu onnxruntime,faiss-gpu-cu12 onnxruntime-gpu)
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) "$(TORCH_SPEC)" -e ".[dev]"
+	rm -f $(VENV)/.installed*
+	$(BIN)/python -m pip uninstall --quiet --yes $(OTHER_BUILDS) 2>/dev/null || true
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) "$(TORCH_SPEC)" -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -38,12 +38,19 @@ class SequentialRecModule(L.LightningModule):
         mask_prob: BERT4Rec masking rate (``masked`` task only).
         seed: reseeds torch's RNG at every step (dropout, negatives, masks), so
             resuming from a checkpoint reproduces an uninterrupted run.
+        compile: ``torch.compile`` the net's forward (the training step) in place
+            (``nn.Module.compile``: parameter names, checkpoints and the saved model
+            are unchanged; evaluation scores through the eager ``next_item_state``).
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager``
+            needs no C compiler).
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  ks: Sequence[int] = (5, 10, 20), mask_prob: float = 0.2, exclude_history: bool = True,
-                 top_k: int = 10, seed: int = 0):
+                 top_k: int = 10, seed: int = 0, compile: bool = False, compile_backend: str = "inductor"):
         super().__init__()
+        if compile:
+            net.compile(backend=compile_backend)
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.ks, self.mask_prob, self.exclude_history, self.seed = sorted(ks), mask_prob, exclude_history, seed
