@@ -37,6 +37,26 @@ def _load_commands() -> dict[tuple[str, ...], Command]:
 
 COMMANDS = _load_commands()
 
+# Library chatter a person running a command should not see, by name: INFO lines of
+# these loggers (Lightning's "GPU available", "💡 Tip", "Restoring states from the
+# checkpoint", "`Trainer.fit` stopped"; faiss's missing SIMD builds; matplotlib's font
+# cache) and these warning messages. Their warnings and errors still show.
+QUIET_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
+                 "lightning_fabric.utilities.rank_zero", "lightning_fabric.utilities.distributed",
+                 "faiss.loader", "matplotlib.font_manager")
+QUIET_WARNINGS = ((r".*isinstance\(treespec, LeafSpec\)", FutureWarning),)  # Lightning 2.6 on torch 2.13
+
+
+def quiet_libraries() -> None:
+    """Silence :data:`QUIET_LOGGERS` below WARNING and ignore :data:`QUIET_WARNINGS`
+    (every command, DDP children included, goes through :func:`main`)."""
+    import warnings
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
 
 def usage() -> str:
     width = max(len(" ".join(w)) for w in COMMANDS) + 2
@@ -163,8 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage(), file=sys.stderr)
         sys.exit(2)
     config_name, target = COMMANDS[words].config, COMMANDS[words].target
-    # faiss logs each missing SIMD build (avx512, avx2) at INFO under Hydra's root logger
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    quiet_libraries()
     register_resolvers()
     if tuple(argv[: len(words)]) == words:
         rest = _check(words, config_name, argv[len(words):])

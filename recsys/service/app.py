@@ -1,0 +1,232 @@
+"""The HTTP decision service: a FastAPI app over :class:`~recsys.service.pipeline.Pipeline`.
+
+Routes (``GET /openapi.json`` is the contract):
+
+* ``POST /v1/recommend`` ``{user_id, channel, context?, k, exclude?}`` -> items,
+  scores, ``decision_id``, versions, fallback ``level``;
+* ``POST /v1/events`` (view, click, add_to_cart, purchase) -> online state;
+* ``POST /v1/feedback`` ``{decision_id, item_id, event}`` -> the feedback log;
+* ``PUT /v1/users/{user_id}/consent`` ``{granted}`` (revoking erases the user's state);
+* ``POST /v1/admin/reload`` (bearer token from the env variable the config names,
+  loopback clients only) -> atomic swap of the bundle set, refused in one line;
+* ``GET /healthz``, ``/readyz``, ``/metrics`` (Prometheus).
+
+Bad requests are 422 (pydantic), oversized bodies 413; a valid recommend request
+is always answered 200 (the fallback chain ends at the static list).
+"""
+
+import os
+import re
+import time
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from recsys.service.bundles import BundleHolder, BundleSetError
+from recsys.service.config import LEVELS, BundlePaths, ServeConfig, ServiceConfigError, _build
+from recsys.service.decision_log import DECISION_SCHEMA, FEEDBACK_SCHEMA, PartWriter, decision_rows
+from recsys.service.metrics import Metrics
+from recsys.service.pipeline import Pipeline
+from recsys.service.pipeline import Request as DecisionRequest
+from recsys.service.state import State, StateUnavailable, make_state
+
+ID = r"^[A-Za-z0-9_.:@\-]{1,128}$"
+EVENTS = ("view", "click", "add_to_cart", "purchase")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class RecommendResponse(BaseModel):
+    decision_id: str
+    items: list[str]
+    scores: list[float | None]
+    level: Literal["personalised", "segment_popularity", "global_popularity", "static"]
+    versions: dict[str, str]
+    reasons: list[str]
+    latency_ms: dict[str, float]
+
+
+class EventIn(BaseModel):
+    user_id: str = Field(pattern=ID)
+    item_id: str = Field(pattern=ID)
+    event_type: Literal["view", "click", "add_to_cart", "purchase"]
+    channel: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    segment: str | None = Field(default=None, pattern=ID)
+
+
+class EventsIn(BaseModel):
+    events: list[EventIn] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackIn(BaseModel):
+    decision_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    item_id: str = Field(pattern=ID)
+    event: Literal["view", "click", "add_to_cart", "purchase"]
+
+
+class ConsentIn(BaseModel):
+    granted: bool
+
+
+class ReloadIn(BaseModel):
+    bundles: dict[str, str | None] | None = None
+
+
+def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHolder | None = None) -> FastAPI:
+    """The app of one service instance. ``state`` / ``bundles`` default to what ``cfg``
+    names (a bundle set that fails its checks raises :class:`BundleSetError`)."""
+    metrics = Metrics()
+    state = state if state is not None else make_state(cfg.state, cfg.redis_url, cfg.redis_timeout_s)
+    holder = bundles if bundles is not None else BundleHolder(cfg.bundles)
+    pipeline = Pipeline(cfg, holder, state, metrics)
+    log = feedback = None
+    if cfg.decision_log.directory:
+        d = cfg.decision_log
+        log = PartWriter(d.directory, DECISION_SCHEMA, "decisions", d.flush_interval_s, d.rotate_rows)
+        feedback = PartWriter(d.directory, FEEDBACK_SCHEMA, "feedback", d.flush_interval_s, d.rotate_rows)
+
+    class RecommendIn(BaseModel):
+        user_id: str = Field(pattern=ID)
+        channel: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+        k: int = Field(ge=1, le=cfg.max_k)
+        context: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
+        exclude: list[str] = Field(default_factory=list, max_length=1000)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        yield
+        shutdown(app)
+
+    app = FastAPI(title="recsys decision service", version="1", lifespan=lifespan)
+    app.state.pipeline, app.state.holder, app.state.metrics, app.state.cfg = pipeline, holder, metrics, cfg
+    app.state.decision_log, app.state.feedback_log, app.state.service_state = log, feedback, state
+
+    @app.middleware("http")
+    async def bound_and_count(request: Request, call_next):  # noqa: ANN001, ANN202
+        t = time.perf_counter()
+        if request.method in ("POST", "PUT"):
+            size = request.headers.get("content-length")
+            if size is None or not size.isdigit() or int(size) > cfg.max_body_bytes:
+                response = JSONResponse({"detail": f"request body must declare a content-length <= "
+                                                   f"{cfg.max_body_bytes} bytes"}, status_code=413)
+                metrics.requests.labels(request.url.path, "413").inc()
+                return response
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.request_latency.labels(path).observe(time.perf_counter() - t)
+        return response
+
+    @app.post("/v1/recommend", response_model=RecommendResponse)
+    def recommend(body: RecommendIn) -> RecommendResponse:
+        d = pipeline.recommend(DecisionRequest(body.user_id, body.channel, body.k, dict(body.context),
+                                               list(body.exclude)))
+        if log is not None:
+            logged_user = body.user_id if d.personalised_allowed else f"anon:{d.decision_id}"
+            log.write(decision_rows(d, body.channel, body.k, logged_user,
+                                    {"context": body.context, "exclude": body.exclude}))
+        return RecommendResponse(decision_id=d.decision_id, items=d.items, scores=d.scores, level=d.level,
+                                 versions=d.versions, reasons=d.reasons, latency_ms=d.latency_ms)
+
+    @app.post("/v1/events", status_code=202)
+    def events(body: EventsIn) -> dict[str, Any]:
+        recorded = skipped = 0
+        try:
+            for e in body.events:
+                consent = state.get_consent(e.user_id)
+                if not (cfg.consent_default if consent is None else consent):
+                    skipped += 1  # nothing about an opted-out user is stored
+                    continue
+                state.add_event(e.user_id, e.item_id, float(cfg.event_weights.get(e.event_type, 1.0)),
+                                e.event_type == "click", e.segment, cfg.recent_items)
+                recorded += 1
+        except StateUnavailable:
+            metrics.errors.labels("events", "state_unavailable").inc()
+            return {"recorded": recorded, "skipped": skipped, "error": "state_unavailable"}
+        return {"recorded": recorded, "skipped": skipped}
+
+    @app.post("/v1/feedback", status_code=202)
+    def feedback_(body: FeedbackIn) -> dict[str, Any]:
+        if feedback is not None:
+            feedback.write([{"decision_id": body.decision_id, "item_id": body.item_id, "event": body.event,
+                             "timestamp": time.time()}])
+        return {"recorded": feedback is not None}
+
+    @app.put("/v1/users/{user_id}/consent")
+    def consent(user_id: str, body: ConsentIn) -> Response:
+        if not re.match(ID, user_id):
+            return JSONResponse({"detail": "user_id: invalid id"}, status_code=422)
+        try:
+            state.set_consent(user_id, body.granted)
+            if not body.granted:
+                state.forget_user(user_id)
+        except StateUnavailable:
+            # not stored: the client must retry; recommendations meanwhile are non-personalised
+            return JSONResponse({"detail": "state store unavailable; consent not recorded, retry"},
+                                status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"user_id": user_id, "granted": body.granted})
+
+    @app.post("/v1/admin/reload")
+    def reload(request: Request, body: ReloadIn | None = None) -> Response:
+        token = os.environ.get(cfg.admin_token_env)
+        client = request.client.host if request.client else ""
+        if not token or client not in LOOPBACK:
+            return JSONResponse({"detail": "admin API disabled (no token set) or not a loopback client"},
+                                status_code=403)
+        if request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse({"detail": "bad admin token"}, status_code=401)
+        try:
+            paths = None
+            if body is not None and body.bundles is not None:
+                paths = _build(BundlePaths, {**holder.paths.__dict__, **body.bundles}, "bundles")
+            new = holder.swap(paths)
+        except (BundleSetError, ServiceConfigError) as e:
+            metrics.reloads.labels("refused").inc()
+            return JSONResponse({"detail": f"reload refused, the old set keeps serving: {e}"}, status_code=409)
+        metrics.reloads.labels("ok").inc()
+        return JSONResponse({"reloaded": True, "versions": new.versions})
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        try:
+            state.ping()
+            state_ok = True
+        except StateUnavailable:
+            state_ok = False
+        bs = holder.current
+        body = {"state": state_ok, "ranker": bs.ranker is not None, "index": bs.index is not None,
+"versions": bs.versions, "levels": list(LEVELS)}
+        # degraded but serving (the static level needs nothing) is still ready
+        return JSONResponse({"ready": True, **body})
+
+    @app.get("/metrics")
+    def metrics_() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def shutdown(app: FastAPI) -> None:
+    """Flush the logs and stop the stage threads (idempotent)."""
+    for w in (app.state.decision_log, app.state.feedback_log):
+        if w is not None:
+            w.close()
+    app.state.pipeline.close()
+
+
+def app_from_env() -> FastAPI:
+    """The app of one uvicorn worker process (``recsys serve workers=N``): the serving
+    config comes as JSON in ``RECSYS_SERVE_CONFIG``."""
+    import json
+
+    from recsys.service.config import serve_config
+
+    return create_app(serve_config(json.loads(os.environ["RECSYS_SERVE_CONFIG"])))

@@ -1,0 +1,286 @@
+"""One decision: user state -> query -> ANN candidates -> filters -> ranker ->
+diversity -> frequency caps -> top k, with a time budget per stage and a
+fallback chain.
+
+Levels, best first (``configs/serve.yaml``: ``fallback.<channel>`` lists the ones a
+channel may use, in order): ``personalised`` (the index's precomputed user vector,
+ANN candidates, ranker), ``segment_popularity`` (popularity among the
+request's ``context.segment``), ``global_popularity``, ``static`` (the configured
+list, else catalogue order). A level is left for the next one on an error, a stage
+past its budget, an open circuit, a missing bundle, no consent, a cold-start user,
+too few candidates or a ranker confidence below ``min_confidence``; the reasons
+travel with the decision. ``static`` always answers (possibly with fewer than k
+items when filters and caps leave fewer).
+
+State (consent, recent items, popularity, counters, caps) comes from the
+:class:`~recsys.service.state.State` backend. When it cannot be read the request
+is served non-personalised from the ``static`` level without caps (they cannot be
+checked) and the decision says ``state_unavailable``. Users who opted out (or
+whose consent cannot be read) get non-personalised levels and nothing about them
+is read or written (no recent items, no caps, no counters).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from recsys.service.bundles import BundleHolder, BundleSet
+from recsys.service.config import ServeConfig
+from recsys.service.rules import category_cap_order, filter_items, mmr_order, ranker_features
+from recsys.service.state import State, StateUnavailable
+from recsys.utils.errors import DataError
+
+
+class StageFailed(Exception):
+    """A stage did not deliver: error, timeout, open circuit or low confidence."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason = stage, reason
+
+
+@dataclass
+class Request:
+    user_id: str
+    channel: str
+    k: int
+    context: dict[str, Any] = field(default_factory=dict)
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Decision:
+    decision_id: str
+    items: list[str]
+    scores: list[float | None]
+    level: str
+    versions: dict[str, str]
+    latency_ms: dict[str, float]
+    personalised_allowed: bool
+    reasons: list[str]
+    timestamp: float
+
+
+class CircuitBreaker:
+    """Per stage: ``failures`` consecutive failures open the circuit for ``cooldown_s``
+    (the stage is skipped); the first call after the cooldown tries again."""
+
+    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic):
+        self.failures, self.cooldown_s, self.clock = failures, cooldown_s, clock
+        self._count: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, stage: str) -> bool:
+        return self.clock() >= self._open_until.get(stage, 0.0)
+
+    def success(self, stage: str) -> None:
+        with self._lock:
+            self._count[stage] = 0
+
+    def failure(self, stage: str) -> None:
+        with self._lock:
+            n = self._count.get(stage, 0) + 1
+            self._count[stage] = n
+            if n >= self.failures:
+                self._open_until[stage], self._count[stage] = self.clock() + self.cooldown_s, 0
+
+    def is_open(self, stage: str) -> bool:
+        return not self.allow(stage)
+
+
+class Pipeline:
+    """Args:
+        cfg: the serving config.
+        bundles: the holder of the current bundle set.
+        state: the state backend.
+        metrics: optional :class:`recsys.service.metrics.Metrics`.
+    """
+
+    def __init__(self, cfg: ServeConfig, bundles: BundleHolder, state: State, metrics: Any = None,
+                 workers: int = 32):
+        self.cfg, self.bundles, self.state, self.metrics = cfg, bundles, state, metrics
+        self.breaker = CircuitBreaker(cfg.breaker.failures, cfg.breaker.cooldown_s)
+        self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recsys-stage")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ stages
+
+    def _stage(self, stage: str, budget_ms: float, fn: Callable, *args: Any, lat: dict[str, float]) -> Any:
+        """``fn(*args)`` within ``budget_ms`` (else :class:`StageFailed`); state errors propagate."""
+        if not self.breaker.allow(stage):
+            raise StageFailed(stage, "circuit_open")
+        t = time.perf_counter()
+        fut = self.pool.submit(fn, *args)
+        try:
+            out = fut.result(timeout=budget_ms / 1e3)
+        except cf.TimeoutError:
+            self.breaker.failure(stage)
+            self._error(stage, "timeout")
+            raise StageFailed(stage, "timeout") from None
+        except StateUnavailable:
+            self.breaker.failure(stage)
+            self._error(stage, "state_unavailable")
+            raise
+        except Exception as e:  # any failure of a model / index call drops a level
+            self.breaker.failure(stage)
+            self._error(stage, "error")
+            raise StageFailed(stage, f"error ({type(e).__name__}: {str(e)[:120]})") from None
+        finally:
+            dt = time.perf_counter() - t
+            lat[stage] = lat.get(stage, 0.0) + dt * 1e3
+            if self.metrics is not None:
+                self.metrics.stage_latency.labels(stage).observe(dt)
+        self.breaker.success(stage)
+        return out
+
+    def _error(self, stage: str, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.errors.labels(stage, kind).inc()
+
+    def _state(self, fn: Callable, *args: Any, lat: dict[str, float]) -> Any:
+        """A state call: a timeout or an open circuit is the state being unavailable
+        (another error stays a :class:`StageFailed` of the stage ``state``). An
+        in-process backend is called inline (no thread hop, nothing to time out)."""
+        if not getattr(self.state, "remote", True):
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            except Exception as e:
+                if isinstance(e, StateUnavailable):
+                    raise
+                self._error("state", "error")
+                raise StageFailed("state", f"error ({type(e).__name__}: {str(e)[:120]})") from None
+            finally:
+                dt = time.perf_counter() - t
+                lat["state"] = lat.get("state", 0.0) + dt * 1e3
+                if self.metrics is not None:
+                    self.metrics.stage_latency.labels("state").observe(dt)
+        try:
+            return self._stage("state", self.cfg.budgets.state_ms, fn, *args, lat=lat)
+        except StageFailed as e:
+            if e.reason in ("timeout", "circuit_open"):
+                raise StateUnavailable(f"state: {e.reason}") from None
+            raise
+
+    # ------------------------------------------------------------ levels
+
+    def _personalised(self, bs: BundleSet, req: Request, recent: list[str], drop: set[str], t: float,
+                      lat: dict[str, float]) -> tuple[list[str], dict[str, float]]:
+        if bs.index is None:
+            raise StageFailed("index", "missing_bundle")
+        b = self.cfg.budgets
+        idx = bs.index
+        try:  # the user's precomputed vector (users unknown to the index are cold starts)
+            q = idx.user_vectors[idx.user_rows([req.user_id])]
+        except DataError:
+            raise StageFailed("query", "cold_start") from None
+        n = min(self.cfg.n_candidates + len(drop), idx.n_items)
+        hits = self._stage("index", b.retrieve_ms, idx.search, q, n, lat=lat)
+        ann = {i: float(s) for i, s, r in zip(hits.ids[0].tolist(), hits.scores[0].tolist(), hits.rows[0].tolist())
+               if r >= 0}
+        cands = filter_items(ann, drop=drop, catalogue=bs.catalogue)[: self.cfg.n_candidates]
+        if len(cands) < req.k:
+            raise StageFailed("index", f"too_few_candidates ({len(cands)} < k={req.k})")
+        if bs.ranker is None:
+            return cands, {i: ann[i] for i in cands}
+        ucounts, icounts = self._state(self.state.counters, req.user_id, cands, lat=lat)
+        p = self._stage("ranker", b.rank_ms, lambda: bs.ranker.predict_proba(
+            ranker_features(bs, req.user_id, cands, t, ucounts, icounts)), lat=lat)
+        if float(np.max(p)) < self.cfg.min_confidence:
+            raise StageFailed("ranker", f"low_confidence (max P {float(np.max(p)):.3f})")
+        order = np.argsort(-p, kind="stable")
+        ranked = [cands[j] for j in order]
+        scores = {cands[j]: float(p[j]) for j in order}
+        d = self.cfg.diversity
+        if d.method == "mmr":
+            vecs = idx.item_vectors(idx.item_rows(ranked))  # (m, D) stored vectors
+            ranked = mmr_order(ranked, np.array([scores[i] for i in ranked]), vecs, len(ranked), d.mmr_lambda)
+        return ranked, scores
+
+    def _popular(self, bs: BundleSet, segment: str | None, drop: set[str], lat: dict[str, float]) -> list[str]:
+        items = self._state(self.state.popular, segment, self.cfg.n_candidates + len(drop), lat=lat)
+        return filter_items(items, drop=drop, catalogue=bs.catalogue)
+
+    def _static(self, bs: BundleSet, drop: set[str]) -> list[str]:
+        items = self.cfg.static_items or (bs.catalogue.item_ids.tolist() if bs.catalogue is not None
+                                          else bs.index.item_ids.tolist() if bs.index is not None else [])
+        return filter_items(items, drop=drop, catalogue=bs.catalogue)
+
+    # ------------------------------------------------------------ one request
+
+    def recommend(self, req: Request) -> Decision:
+        t0 = time.perf_counter()
+        now = time.time()
+        lat: dict[str, float] = {}
+        reasons: list[str] = []
+        bs = self.bundles.current
+        state_ok, allowed, recent = True, False, []
+        try:
+            consent = self._state(self.state.get_consent, req.user_id, lat=lat)
+            allowed = self.cfg.consent_default if consent is None else consent
+            if not allowed:
+                reasons.append("no_consent")
+            else:
+                recent = self._state(self.state.recent_items, req.user_id, self.cfg.recent_items, lat=lat)
+        except (StateUnavailable, StageFailed):
+            state_ok, allowed = False, False
+            reasons.append("state_unavailable")
+        drop = set(req.exclude) | set(self.cfg.blocked_items) | set(recent)
+        level, ranked, scores = "static", [], {}
+        for lv in self.cfg.chain(req.channel):
+            try:
+                if lv == "personalised":
+                    if not allowed:
+                        raise StageFailed("personalised", "not_allowed")
+                    ranked, scores = self._personalised(bs, req, recent, drop, now, lat)
+                elif lv in ("segment_popularity", "global_popularity"):
+                    seg = req.context.get("segment") if lv == "segment_popularity" else None
+                    if not state_ok or (lv == "segment_popularity" and seg is None):
+                        raise StageFailed(lv, "state_unavailable" if not state_ok else "no_segment")
+                    ranked = self._popular(bs, None if seg is None else str(seg), drop, lat)
+                    if not ranked:
+                        raise StageFailed(lv, "empty")
+                else:
+                    ranked = self._static(bs, drop)
+                level = lv
+                break
+            except StageFailed as e:
+                reasons.append(f"{lv}:{e.stage}:{e.reason}")
+            except StateUnavailable:
+                state_ok, allowed = False, False
+                reasons.append(f"{lv}:state_unavailable")
+            except Exception as e:  # a bug or bad data in a level must not fail the request
+                self._error(lv, "unexpected")
+                reasons.append(f"{lv}:unexpected:{type(e).__name__}")
+        else:  # every listed level failed: the static list is the floor
+            level, ranked = "static", self._static(bs, drop)
+        if self.cfg.diversity.method == "category_caps" and bs.catalogue is not None:
+            ranked = category_cap_order(ranked, bs.catalogue.category, self.cfg.diversity.max_per_category)
+        decision_id = uuid.uuid4().hex
+        if allowed and state_ok:
+            try:
+                chosen = self._state(self.state.reserve, req.user_id, req.channel, ranked[: max(4 * req.k, 50)],
+                                     req.k, self.cfg.caps, now, decision_id, lat=lat)
+                if self.metrics is not None and len(chosen) < min(req.k, len(ranked)):
+                    self.metrics.cap_hits.labels(req.channel).inc()
+            except Exception as e:  # StateUnavailable or anything else: caps cannot be checked
+                reasons.append("caps:state_unavailable" if isinstance(e, StateUnavailable)
+                               else f"caps:unexpected:{type(e).__name__}")
+                level, state_ok = "static", False
+                chosen = self._static(bs, drop)[: req.k]
+        else:
+            chosen = ranked[: req.k]
+        lat["total"] = (time.perf_counter() - t0) * 1e3
+        if self.metrics is not None:
+            self.metrics.fallback.labels(req.channel, level).inc()
+        return Decision(decision_id, chosen, [scores.get(i) for i in chosen], level, dict(bs.versions),
+                        {k: round(v, 3) for k, v in lat.items()}, allowed, reasons, now)

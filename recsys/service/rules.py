@@ -1,0 +1,112 @@
+"""Business rules of a decision: candidate filters, the ranker's request features,
+and the diversity re-rank (MMR over item embeddings or per-category caps).
+Frequency caps are enforced atomically by the state backend
+(:meth:`recsys.service.state.State.reserve`)."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from recsys.features.ranker import smoothed_ctr
+from recsys.service.bundles import BundleSet
+
+
+def filter_items(items: Iterable[str], *, drop: set[str], catalogue: Any = None) -> list[str]:
+    """``items`` in order, without duplicates, ``drop`` (exclusions, blocked, seen)
+    and items the catalogue marks unavailable (or does not list)."""
+    out, seen = [], set(drop)
+    known = None if catalogue is None else catalogue.known
+    unavailable = catalogue.unavailable if catalogue is not None else set()
+    for i in items:
+        if i in seen or i in unavailable or (known is not None and i not in known):
+            continue
+        seen.add(i)
+        out.append(i)
+    return out
+
+
+def _code(raw: str, vocab: int | None) -> int:
+    """An integer id for an int64 ranker input (0 = unknown)."""
+    try:
+        v = int(raw)
+    except (TypeError, ValueError):
+        return 0
+    return v if v > 0 and (vocab is None or v < vocab) else 0
+
+
+def ranker_features(bs: BundleSet, user: str, items: Sequence[str], t: float,
+                    user_counts: tuple[float, float], item_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The ranker's inputs for ``items`` of one request at time ``t``: the same
+    definitions as :func:`recsys.features.ranker.build_ranker_features` (smoothed
+    CTR and log impressions from the clicks / impressions before now, UTC hour,
+    position 0), plus item- and user-level columns of the catalogue / users tables."""
+    specs = bs.ranker.inputs
+    n = len(items)
+    uc, ui = user_counts
+    computed: dict[str, Any] = {
+        "position": np.zeros(n, dtype=np.int64),
+        "hour": np.full(n, int(t // 3600) % 24, dtype=np.int64),
+        "user_ctr": np.full(n, smoothed_ctr(np.array([uc]), np.array([ui]))[0], dtype=np.float32),
+        "user_log_imps": np.full(n, np.log1p(ui), dtype=np.float32),
+        "item_ctr": smoothed_ctr(item_counts[:, 0], item_counts[:, 1]),
+        "item_log_imps": np.log1p(item_counts[:, 1]).astype(np.float32),
+    }
+    out: dict[str, np.ndarray] = {}
+    for name, spec in specs.items():
+        dtype = np.int64 if spec["dtype"] == "int64" else np.float32
+        vocab = spec.get("vocab_size")
+        if name in computed:
+            a = computed[name]
+        elif name == "user":
+            a = np.full(n, _code(user, vocab), dtype=np.int64)
+        elif name == "item":
+            a = np.array([_code(i, vocab) for i in items], dtype=np.int64)
+        elif bs.catalogue is not None and name in bs.catalogue.columns:
+            col = bs.catalogue.columns[name]
+            a = np.array([col.get(i) or 0 for i in items], dtype=dtype)
+        else:
+            col = bs.users.columns[name]
+            a = np.full(n, col.get(user) or 0, dtype=dtype)
+        if dtype is np.int64 and vocab is not None:
+            a = np.where((a >= 0) & (a < vocab), a, 0)
+        out[name] = np.asarray(a, dtype=dtype)
+    return out
+
+
+def mmr_order(items: Sequence[str], relevance: np.ndarray, vectors: np.ndarray, n: int, lam: float) -> list[str]:
+    """Maximal marginal relevance: greedily pick the item maximising
+    ``lam * rel - (1 - lam) * max cosine similarity to the picked ones``
+    (relevance min-max scaled to [0, 1]); ``vectors`` (m, D) are the items' embeddings."""
+    m = len(items)
+    if m == 0:
+        return []
+    rel = np.asarray(relevance, dtype=np.float64)
+    span = rel.max() - rel.min()
+    rel = (rel - rel.min()) / span if span > 0 else np.ones(m)
+    V = np.asarray(vectors, dtype=np.float64)
+    V = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
+    sim = V @ V.T                                        # (m, m)
+    picked: list[int] = []
+    best_sim = np.zeros(m)
+    free = np.ones(m, dtype=bool)
+    for _ in range(min(n, m)):
+        score = np.where(free, lam * rel - (1 - lam) * best_sim, -np.inf)
+        j = int(np.argmax(score))
+        picked.append(j)
+        free[j] = False
+        best_sim = np.maximum(best_sim, sim[j])
+    return [items[j] for j in picked]
+
+
+def category_cap_order(items: Sequence[str], category: Mapping[str, str], max_per_category: int) -> list[str]:
+    """``items`` in order, keeping at most ``max_per_category`` of each category
+    (items without a category share the category ``""``)."""
+    counts: dict[str, int] = {}
+    out = []
+    for i in items:
+        c = category.get(i, "")
+        if counts.get(c, 0) < max_per_category:
+            counts[c] = counts.get(c, 0) + 1
+            out.append(i)
+    return out

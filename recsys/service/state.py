@@ -1,0 +1,291 @@
+"""Serving state: consent, frequency caps with rolling windows, recent items,
+popularity and the click / impression counters behind the ranker's CTR features.
+
+Two backends with one protocol: :class:`InProcessState` (one worker, a lock) and
+:class:`RedisState` (any Redis-compatible server; every replica shares it). Caps
+are enforced by :meth:`State.reserve`, one atomic step (a Lua script on Redis):
+it walks the ranked candidates, skips items at their user x item cap, stops at the
+user x channel and per-user budgets, and records the impressions it grants, so
+concurrent requests from any number of workers never exceed a cap.
+
+A backend that cannot answer raises :class:`StateUnavailable`; the pipeline turns
+that into the documented degraded behaviour (non-personalised, static level).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from recsys.service.config import Caps
+from recsys.utils.errors import RecsysError
+
+
+class StateUnavailable(RecsysError):
+    """The state backend did not answer (server down, timeout)."""
+
+
+class State(Protocol):
+    #: calls leave the process (a server): they run under the ``state_ms`` budget
+    remote: bool
+
+    def ping(self) -> None: ...
+    def get_consent(self, user: str) -> bool | None: ...
+    def set_consent(self, user: str, granted: bool) -> None: ...
+    def forget_user(self, user: str) -> None: ...
+    def recent_items(self, user: str, n: int) -> list[str]: ...
+    def add_event(self, user: str | None, item: str, weight: float, click: bool, segment: str | None,
+                  keep: int) -> None: ...
+    def popular(self, segment: str | None, n: int) -> list[str]: ...
+    def counters(self, user: str | None, items: Sequence[str]) -> tuple[tuple[float, float], np.ndarray]: ...
+    def reserve(self, user: str, channel: str, candidates: Sequence[str], k: int, caps: Caps, now: float,
+                decision_id: str) -> list[str]: ...
+
+
+def _cap_args(caps: Caps) -> list[float]:
+    out: list[float] = []
+    for c in (caps.user_channel, caps.user, caps.user_item):
+        out += [-1, 1] if c is None else [int(c.limit), float(c.window_s)]
+    return out
+
+
+class InProcessState:
+    """The default backend: plain dicts under one lock (a single worker process).
+    Its calls run inline: there is nothing to time out."""
+
+    remote = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.consent: dict[str, bool] = {}
+        self.recent: dict[str, deque] = {}
+        self.pop: dict[str | None, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.clicks: dict[str, float] = defaultdict(float)
+        self.imps: dict[str, float] = defaultdict(float)
+        self.shown: dict[str, deque] = defaultdict(deque)  # cap key -> impression times
+
+    def ping(self) -> None:
+        return None
+
+    def get_consent(self, user: str) -> bool | None:
+        return self.consent.get(user)
+
+    def set_consent(self, user: str, granted: bool) -> None:
+        with self._lock:
+            self.consent[user] = bool(granted)
+
+    def forget_user(self, user: str) -> None:
+        with self._lock:
+            self.recent.pop(user, None)
+            for key in (f"u:{user}", *[k for k in self.shown if k.startswith((f"uc:{user}\x1f", f"ui:{user}\x1f"))]):
+                self.shown.pop(key, None)
+            self.clicks.pop(f"u:{user}", None)
+            self.imps.pop(f"u:{user}", None)
+
+    def recent_items(self, user: str, n: int) -> list[str]:
+        return list(self.recent.get(user, ()))[:n]
+
+    def add_event(self, user: str | None, item: str, weight: float, click: bool, segment: str | None,
+                  keep: int) -> None:
+        with self._lock:
+            if user is not None:
+                d = self.recent.setdefault(user, deque(maxlen=keep))
+                d.appendleft(item)
+                if click:
+                    self.clicks[f"u:{user}"] += 1
+            if click:
+                self.clicks[f"i:{item}"] += 1
+            self.pop[None][item] += weight
+            if segment is not None:
+                self.pop[segment][item] += weight
+
+    def popular(self, segment: str | None, n: int) -> list[str]:
+        table = self.pop.get(segment) or {}
+        return [i for i, _ in sorted(table.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+    def counters(self, user: str | None, items: Sequence[str]) -> tuple[tuple[float, float], np.ndarray]:
+        u = (self.clicks.get(f"u:{user}", 0.0), self.imps.get(f"u:{user}", 0.0)) if user else (0.0, 0.0)
+        return u, np.array([[self.clicks.get(f"i:{i}", 0.0), self.imps.get(f"i:{i}", 0.0)] for i in items],
+                           dtype=np.float64).reshape(-1, 2)
+
+    def _count(self, key: str, now: float, window: float) -> int:
+        d = self.shown[key]
+        while d and d[0] <= now - window:
+            d.popleft()
+        return len(d)
+
+    def reserve(self, user: str, channel: str, candidates: Sequence[str], k: int, caps: Caps, now: float,
+                decision_id: str) -> list[str]:
+        ucl, ucw, ul, uw, uil, uiw = _cap_args(caps)
+        uc, uk = f"uc:{user}\x1f{channel}", f"u:{user}"
+        with self._lock:
+            budget = k
+            if ucl >= 0:
+                budget = min(budget, ucl - self._count(uc, now, ucw))
+            if ul >= 0:
+                budget = min(budget, ul - self._count(uk, now, uw))
+            out: list[str] = []
+            for item in candidates:
+                if len(out) >= budget:
+                    break
+                if uil >= 0 and self._count(f"ui:{user}\x1f{item}", now, uiw) >= uil:
+                    continue
+                out.append(item)
+            for item in out:
+                if uil >= 0:
+                    self.shown[f"ui:{user}\x1f{item}"].append(now)
+                if ucl >= 0:
+                    self.shown[uc].append(now)
+                if ul >= 0:
+                    self.shown[uk].append(now)
+                self.imps[f"i:{item}"] += 1
+            self.imps[uk] += len(out)
+            return out
+
+
+_RESERVE = """
+local now, k = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ucl, ucw = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ul, uw = tonumber(ARGV[5]), tonumber(ARGV[6])
+local uil, uiw = tonumber(ARGV[7]), tonumber(ARGV[8])
+local did = ARGV[9]
+local budget = k
+if ucl >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ucw)
+  budget = math.min(budget, ucl - redis.call('ZCARD', KEYS[1]))
+end
+if ul >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - uw)
+  budget = math.min(budget, ul - redis.call('ZCARD', KEYS[2]))
+end
+local out, keys = {}, {}
+for i = 4, #KEYS do
+  if #out >= budget then break end
+  local ok = true
+  if uil >= 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - uiw)
+    if redis.call('ZCARD', KEYS[i]) >= uil then ok = false end
+  end
+  if ok then table.insert(out, ARGV[i + 7]); table.insert(keys, KEYS[i]) end
+end
+for j, item in ipairs(out) do
+  local m = did .. ':' .. item
+  if uil >= 0 then redis.call('ZADD', keys[j], now, m); redis.call('EXPIRE', keys[j], math.ceil(uiw)) end
+  if ucl >= 0 then redis.call('ZADD', KEYS[1], now, m) end
+  if ul >= 0 then redis.call('ZADD', KEYS[2], now, m) end
+  redis.call('HINCRBY', KEYS[3], 'i:' .. item, 1)
+end
+if ucl >= 0 then redis.call('EXPIRE', KEYS[1], math.ceil(ucw)) end
+if ul >= 0 then redis.call('EXPIRE', KEYS[2], math.ceil(uw)) end
+redis.call('HINCRBY', KEYS[3], 'u:' .. ARGV[10], #out)
+return out
+"""
+
+
+class RedisState:
+    """The shared backend: a Redis-compatible server (Redis, Valkey). Every replica
+    pointed at the same server shares consent, caps, recent items and counters.
+
+    Args:
+        url: ``redis://host:port/db``.
+        timeout_s: socket timeout; a slower answer is :class:`StateUnavailable`.
+        prefix: key prefix (several services can share one server).
+    """
+
+    remote = True
+
+    def __init__(self, url: str, timeout_s: float = 0.05, prefix: str = "recsys:"):
+        import redis
+
+        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self.r = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                      decode_responses=True)
+        self.p = prefix
+        self._reserve = self.r.register_script(_RESERVE)
+
+    def _call(self, fn, *args):  # noqa: ANN001, ANN202
+        try:
+            return fn(*args)
+        except self._errors as e:
+            raise StateUnavailable(f"state server unavailable: {type(e).__name__}: {e}") from None
+
+    def ping(self) -> None:
+        self._call(self.r.ping)
+
+    def get_consent(self, user: str) -> bool | None:
+        v = self._call(self.r.hget, self.p + "consent", user)
+        return None if v is None else v == "1"
+
+    def set_consent(self, user: str, granted: bool) -> None:
+        self._call(self.r.hset, self.p + "consent", user, "1" if granted else "0")
+
+    def forget_user(self, user: str) -> None:
+        def run() -> None:
+            keys = [self.p + f"recent:{user}", self.p + f"cap:u:{user}"]
+            keys += list(self.r.scan_iter(self.p + f"cap:uc:{user}\x1f*"))
+            keys += list(self.r.scan_iter(self.p + f"cap:ui:{user}\x1f*"))
+            pipe = self.r.pipeline()
+            pipe.delete(*keys)
+            pipe.hdel(self.p + "clicks", f"u:{user}")
+            pipe.hdel(self.p + "imps", f"u:{user}")
+            pipe.execute()
+        self._call(run)
+
+    def recent_items(self, user: str, n: int) -> list[str]:
+        return self._call(self.r.lrange, self.p + f"recent:{user}", 0, n - 1)
+
+    def add_event(self, user: str | None, item: str, weight: float, click: bool, segment: str | None,
+                  keep: int) -> None:
+        def run() -> None:
+            pipe = self.r.pipeline()
+            if user is not None:
+                pipe.lpush(self.p + f"recent:{user}", item)
+                pipe.ltrim(self.p + f"recent:{user}", 0, keep - 1)
+                if click:
+                    pipe.hincrby(self.p + "clicks", f"u:{user}", 1)
+            if click:
+                pipe.hincrby(self.p + "clicks", f"i:{item}", 1)
+            pipe.zincrby(self.p + "pop:", weight, item)
+            if segment is not None:
+                pipe.zincrby(self.p + f"pop:{segment}", weight, item)
+            pipe.execute()
+        self._call(run)
+
+    def popular(self, segment: str | None, n: int) -> list[str]:
+        return self._call(self.r.zrevrange, self.p + f"pop:{segment or ''}", 0, n - 1)
+
+    def counters(self, user: str | None, items: Sequence[str]) -> tuple[tuple[float, float], np.ndarray]:
+        fields = [f"i:{i}" for i in items] + ([f"u:{user}"] if user else [])
+
+        def run() -> tuple[list, list]:
+            pipe = self.r.pipeline()
+            pipe.hmget(self.p + "clicks", fields)
+            pipe.hmget(self.p + "imps", fields)
+            return pipe.execute()
+        clicks, imps = self._call(run) if fields else ([], [])
+        c = np.array([float(v or 0) for v in clicks], dtype=np.float64)
+        m = np.array([float(v or 0) for v in imps], dtype=np.float64)
+        n = len(items)
+        u = (float(c[n]), float(m[n])) if user else (0.0, 0.0)
+        return u, np.stack([c[:n], m[:n]], axis=1) if n else np.zeros((0, 2))
+
+    def reserve(self, user: str, channel: str, candidates: Sequence[str], k: int, caps: Caps, now: float,
+                decision_id: str) -> list[str]:
+        keys = [self.p + f"cap:uc:{user}\x1f{channel}", self.p + f"cap:u:{user}", self.p + "imps",
+                *(self.p + f"cap:ui:{user}\x1f{i}" for i in candidates)]
+        args = [now, int(k), *_cap_args(caps), decision_id, user, *candidates]
+        out = self._call(self._reserve, keys, args)
+        # impressions per item are counted in the script; the user's total too
+        return list(out)
+
+
+def make_state(kind: str, url: str, timeout_s: float) -> State:
+    """The backend a config names (``memory`` or ``redis``)."""
+    return InProcessState() if kind == "memory" else RedisState(url, timeout_s)
+
+
+def now() -> float:
+    return time.time()
