@@ -94,42 +94,91 @@ def save_model(net: Any, model_args: dict[str, Any], directory: str | Path) -> d
 def verify_model_dir(directory: str | Path, require: tuple[str, ...] = ()) -> dict[str, Any]:
     """The verified ``model_args.json`` content of a model folder (manifest checksum,
     every file's sha256, the class in the registry). Raises :class:`BundleError`."""
-    d = Path(directory)
-    if not (d / "manifest.json").is_file() and (d / ARGS_FILE).is_file():
-        raise BundleError(f"{d}: model folder without manifest.json (written before {MODEL_FORMAT}, or tampered "
-                          f"with); re-train to get a verifiable model")
-    manifest = verify_bundle(d, format=MODEL_FORMAT, kind="model", require=(ARGS_FILE, WEIGHTS_FILE, *require))
-    try:
-        meta = json.loads((d / ARGS_FILE).read_text())
-        target = meta["model_args"]["_target_"]
-    except (ValueError, KeyError, TypeError):
-        raise BundleError(f"{d / ARGS_FILE}: expected {{'model_args': {{'_target_': ...}}, 'weights_sha256': ...}}") from None
-    if target != manifest.get("model_class") or meta.get("weights_sha256") != manifest["files"][WEIGHTS_FILE]["sha256"]:
-        raise BundleError(f"{d / ARGS_FILE}: disagrees with the folder's manifest (class or weights checksum)")
-    resolve_model_class(target, d / ARGS_FILE)
-    return meta
+    return ModelFolder.open(directory, require).meta
+
+
+class ModelFolder:
+    """A model folder verified once (:meth:`open`): manifest checksum, every listed
+    file's sha256, ``model_args.json`` agreeing with the manifest, the class in the
+    registry. Its readers only open files the verified manifest lists, so one
+    verification serves every read of an operation.
+
+    Example::
+
+        m = ModelFolder.open(run / "model", require=("features.json",))
+        net, args = m.rebuild()
+        feats = m.json("features.json")
+    """
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], meta: dict[str, Any]):
+        self.directory, self.manifest, self.meta = directory, manifest, meta
+
+    @classmethod
+    def open(cls, directory: str | Path, require: tuple[str, ...] = ()) -> "ModelFolder":
+        d = Path(directory)
+        if not (d / "manifest.json").is_file() and (d / ARGS_FILE).is_file():
+            raise BundleError(f"{d}: model folder without manifest.json (written before {MODEL_FORMAT}, or tampered "
+                              f"with); re-train to get a verifiable model")
+        manifest = verify_bundle(d, format=MODEL_FORMAT, kind="model", require=(ARGS_FILE, WEIGHTS_FILE, *require))
+        try:
+            meta = json.loads((d / ARGS_FILE).read_text())
+            target = meta["model_args"]["_target_"]
+        except (ValueError, KeyError, TypeError):
+            raise BundleError(f"{d / ARGS_FILE}: expected {{'model_args': {{'_target_': ...}}, "
+                              f"'weights_sha256': ...}}") from None
+        if target != manifest.get("model_class") or meta.get("weights_sha256") != manifest["files"][WEIGHTS_FILE]["sha256"]:
+            raise BundleError(f"{d / ARGS_FILE}: disagrees with the folder's manifest (class or weights checksum)")
+        resolve_model_class(target, d / ARGS_FILE)
+        return cls(d, manifest, meta)
+
+    @property
+    def model_class(self) -> str:
+        return str(self.meta["model_args"]["_target_"])
+
+    @property
+    def embedding_version(self) -> str:
+        """``"<class name>/<first 16 hex of the weights sha256>"``: query states and item
+        vectors from the same weights carry the same version."""
+        return f"{self.model_class.rpartition('.')[2]}/{self.meta['weights_sha256'][:16]}"
+
+    def _listed(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.directory}: {name} is not listed in the folder's manifest")
+        return self.directory / name
+
+    def json(self, name: str) -> Any:
+        """A JSON file of the folder (e.g. ``features.json``)."""
+        return json.loads(self._listed(name).read_text())
+
+    def arrays(self, name: str) -> dict[str, Any]:
+        """A safetensors file of the folder as numpy arrays."""
+        from safetensors.numpy import load_file
+
+        return load_file(str(self._listed(name)))
+
+    def rebuild(self, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+        """The eval-mode net and its ``model_args``."""
+        from safetensors.torch import load_file
+
+        args = dict(self.meta["model_args"])
+        cls = resolve_model_class(args.pop("_target_"), self.directory / ARGS_FILE)
+        try:
+            net = cls(**args)
+            net.load_state_dict(load_file(str(self.directory / WEIGHTS_FILE), device=device))
+        except (TypeError, RuntimeError, ValueError) as e:
+            raise BundleError(f"{self.directory}: cannot rebuild {cls.__name__} from {ARGS_FILE} + {WEIGHTS_FILE} "
+                              f"({str(e).splitlines()[0][:200]})") from None
+        return net.to(device).eval(), self.meta["model_args"]
 
 
 def model_class(directory: str | Path) -> str:
     """The verified registry key (``_target_``) of a model folder."""
-    return str(verify_model_dir(directory)["model_args"]["_target_"])
+    return ModelFolder.open(directory).model_class
 
 
 def rebuild_net(directory: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """The eval-mode net of a verified model folder and its ``model_args``."""
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    meta = verify_model_dir(d)
-    args = dict(meta["model_args"])
-    cls = resolve_model_class(args.pop("_target_"), d / ARGS_FILE)
-    try:
-        net = cls(**args)
-        net.load_state_dict(load_file(str(d / WEIGHTS_FILE), device=device))
-    except (TypeError, RuntimeError, ValueError) as e:
-        raise BundleError(f"{d}: cannot rebuild {cls.__name__} from {ARGS_FILE} + {WEIGHTS_FILE} "
-                          f"({str(e).splitlines()[0][:200]})") from None
-    return net.to(device).eval(), meta["model_args"]
+    return ModelFolder.open(directory).rebuild(device)
 
 
 def load_model(directory: str | Path, device: str = "cpu") -> Any:
@@ -137,24 +186,11 @@ def load_model(directory: str | Path, device: str = "cpu") -> Any:
     return rebuild_net(directory, device)[0]
 
 
-def read_model_json(directory: str | Path, name: str) -> Any:
-    """A JSON file of a verified model folder (e.g. ``features.json``)."""
-    d = Path(directory)
-    verify_model_dir(d, require=(name,))
-    return json.loads((d / name).read_text())
-
-
 def read_model_arrays(directory: str | Path, name: str) -> dict[str, Any]:
     """A safetensors file of a verified model folder as numpy arrays."""
-    from safetensors.numpy import load_file
-
-    d = Path(directory)
-    verify_model_dir(d, require=(name,))
-    return load_file(str(d / name))
+    return ModelFolder.open(directory, require=(name,)).arrays(name)
 
 
 def embedding_version(directory: str | Path) -> str:
-    """``"<class name>/<first 16 hex of the weights sha256>"``: query states and item
-    vectors from the same weights carry the same version."""
-    meta = verify_model_dir(directory)
-    return f"{meta['model_args']['_target_'].rpartition('.')[2]}/{meta['weights_sha256'][:16]}"
+    """``"<class name>/<first 16 hex of the weights sha256>"`` of a verified model folder."""
+    return ModelFolder.open(directory).embedding_version

@@ -47,15 +47,13 @@ def time_calls(fn: Callable[[dict[str, np.ndarray]], Any], requests: Sequence[di
     return out
 
 
-def saved_rows(model_dir: Path, names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(the inputs ``names`` of the model's saved test rows, every saved array): the
-    ranker bench draws its requests from them."""
-    from recsys.artifacts.models import read_model_arrays
-
-    if not (model_dir / "parity_rows.safetensors").is_file():
-        raise RecsysError(f"{model_dir / 'parity_rows.safetensors'}: missing (the bench draws its requests from "
-                          f"the model's saved test rows)")
-    saved = read_model_arrays(model_dir, "parity_rows.safetensors")
+def saved_rows(folder: Any, names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the inputs ``names`` of the verified model folder's saved test rows, every saved
+    array): the ranker bench draws its requests from them."""
+    if "parity_rows.safetensors" not in folder.manifest["files"]:
+        raise RecsysError(f"{folder.directory / 'parity_rows.safetensors'}: missing (the bench draws its requests "
+                          f"from the model's saved test rows)")
+    saved = folder.arrays("parity_rows.safetensors")
     return {k: saved[k] for k in names}, saved
 
 

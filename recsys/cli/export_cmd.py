@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -34,7 +35,6 @@ def export(cfg: DictConfig) -> dict:
     kind = bundle_kind(run_dir / "model")
     if kind == "query_encoder":
         from recsys.export.onnx_encoder import ENCODERS, EncoderData, ParitySpec, export_query_encoder, model_class
-        from recsys.export.onnx_ranker import rebuild_net
 
         adapter = ENCODERS[model_class(run_dir / "model")]
         if adapter.parity_data is None:  # single-input (sequence) encoders
@@ -63,25 +63,25 @@ def export(cfg: DictConfig) -> dict:
     return result
 
 
-def _model_of(bundle: Path, manifest: dict) -> Path:
-    """The verified model folder of the run a bundle was exported from; refused when
-    its weights are not the ones the bundle was exported from."""
-    from recsys.artifacts.models import verify_model_dir
+def _model_of(bundle: Path, manifest: dict) -> Any:
+    """The model folder of the run a bundle was exported from, verified once
+    (:class:`~recsys.artifacts.models.ModelFolder`); refused when its weights are not
+    the ones the bundle was exported from."""
+    from recsys.artifacts.models import ModelFolder
 
     model = manifest.get("model") or {}
-    model_dir = Path(str(model.get("run_dir", ""))) / "model"
-    meta = verify_model_dir(model_dir)
-    if meta["weights_sha256"] != model.get("weights_sha256"):
-        raise RecsysError(f"{model_dir}: weights differ from those {bundle} was exported from "
+    folder = ModelFolder.open(Path(str(model.get("run_dir", ""))) / "model")
+    if folder.meta["weights_sha256"] != model.get("weights_sha256"):
+        raise RecsysError(f"{folder.directory}: weights differ from those {bundle} was exported from "
                           f"(re-export, or bench without the torch side: torch=false)")
-    return model_dir
+    return folder
 
 
 def _bench_encoder(cfg: DictConfig, bundle: Path, manifest: dict) -> dict:
     from recsys.bench.export import bench_encoder, encoder_report_lines
     from recsys.export.onnx_encoder import torch_module_for_bundle
 
-    module = torch_module_for_bundle(manifest, bundle) if cfg.torch and _model_of(bundle, manifest) else None
+    module = torch_module_for_bundle(manifest, bundle, _model_of(bundle, manifest)) if cfg.torch else None
     res = bench_encoder(bundle, module, batch_sizes=list(cfg.encoder_batch_sizes), seq_len=cfg.get("seq_len"),
                         n_requests=int(cfg.encoder_calls), seed=int(cfg.seed))
     res.update(bundle=str(bundle), kind="query_encoder",
@@ -94,16 +94,15 @@ def _bench_encoder(cfg: DictConfig, bundle: Path, manifest: dict) -> dict:
 
 def bench(cfg: DictConfig) -> dict:
     from recsys.bench.export import bench_bundle, int8_comparison, ranker_report_lines, saved_rows
-    from recsys.export.onnx_ranker import rebuild_net
     from recsys.serving.bundle import load_manifest
 
     bundle = bundle_dir(cfg, str(cfg.bundle))
     manifest = load_manifest(bundle)  # manifest checksum, format, every file's sha256: before anything else
     if manifest.get("kind") == "query_encoder":
         return _bench_encoder(cfg, bundle, manifest)
-    model_dir = _model_of(bundle, manifest)  # the requests are the run's saved test rows
-    rows, saved = saved_rows(model_dir, [i["name"] for i in manifest["inputs"]])
-    net = rebuild_net(model_dir)[0] if cfg.torch else None
+    folder = _model_of(bundle, manifest)  # the requests are the run's saved test rows
+    rows, saved = saved_rows(folder, [i["name"] for i in manifest["inputs"]])
+    net = folder.rebuild()[0] if cfg.torch else None
     res = bench_bundle(bundle, rows, net, sizes=list(cfg.sizes), n_requests=int(cfg.n_requests),
                        throughput_batch=int(cfg.throughput_batch), seed=int(cfg.seed))
     res["parity_max_abs_diff_at_export"] = manifest["parity"]["max_abs_diff"]

@@ -57,8 +57,7 @@ from recsys.artifacts.bundle import EXPORT_FORMAT, write_bundle
 from recsys.export.adapters import BoundEncoder, EncoderData, QueryEncoderAdapter, SideInput  # noqa: F401
 from recsys.export.encoders import ENCODERS
 from recsys.export.errors import ExportError
-from recsys.export.onnx_ranker import OPSET, onnx_session, rebuild_net
-from recsys.utils.io import sha256_file
+from recsys.export.onnx_ranker import OPSET, onnx_session
 from recsys.utils.lineage import git_commit, versions
 from recsys.utils.sparse import CSR, left_pad  # noqa: F401  (left_pad re-exported)
 from recsys.utils.topk import top_k_excluding  # noqa: F401  (re-exported)
@@ -225,11 +224,14 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, users: Encode
     histories, context, population = users.histories, users.context, users.population
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model_dir = run_dir / "model"
-    cls = model_class(model_dir)
+    if not (model_dir / "model_args.json").is_file():
+        raise ExportError(f"{model_dir}: no model_args.json (expected the model/ folder of a training run)")
+    folder = models.ModelFolder.open(model_dir)  # verified once for everything read below
+    cls = folder.model_class
     if cls not in ENCODERS:
         raise ExportError(f"{model_dir}: model class {cls!r} has no query-encoder export (registered: {sorted(ENCODERS)})")
     adapter = ENCODERS[cls]
-    net, model_args = rebuild_net(model_dir)
+    net, model_args = folder.rebuild()
     bound = adapter.bound(net, context)
     module = bound.module.eval()
     table_t = bound.table.detach().float().contiguous()
@@ -299,8 +301,8 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, users: Encode
             "name": name or out_dir.name,
             "created_unix": time.time(),
             "model": {"file": MODEL_FILE, "class": cls, "description": adapter.description, "model_args": model_args,
-                      "run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(model_dir / "weights.safetensors")},
-            "embedding_version": embedding_version(model_dir),
+                      "run_dir": str(run_dir.resolve()), "weights_sha256": folder.meta["weights_sha256"]},
+            "embedding_version": folder.embedding_version,
             "inputs": [{"name": "items", "dtype": "int64", "shape": ["batch", "seq"], "kind": "item_sequence",
                         "vocab_size": int(n_rows_table), "pad_id": 0, "padding": "left", "max_len": max_len},
                        *(s.manifest() for s in specs)],
@@ -320,14 +322,16 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, users: Encode
     return draft.manifest
 
 
-def torch_module_for_bundle(manifest: dict[str, Any], bundle_dir: str | Path) -> nn.Module:
-    """The eval-mode torch encoder of a bundle's run (``forward(items, *side inputs)``);
-    multi-input encoders are bound to the bundle's own item table."""
+def torch_module_for_bundle(manifest: dict[str, Any], bundle_dir: str | Path,
+                            folder: models.ModelFolder | None = None) -> nn.Module:
+    """The eval-mode torch encoder of a bundle's run (``forward(items, *side inputs)``;
+    ``folder``: its model folder when the caller verified it already); multi-input
+    encoders are bound to the bundle's own item table."""
     cls = manifest["model"]["class"]
     if cls not in ENCODERS:
         raise ExportError(f"{bundle_dir}: model class {cls!r} has no query-encoder export")
     adapter = ENCODERS[cls]
-    net = rebuild_net(Path(manifest["model"]["run_dir"]) / "model")[0]
+    net = (folder or models.ModelFolder.open(Path(manifest["model"]["run_dir"]) / "model")).rebuild()[0]
     if adapter.bind is None:
         return adapter.wrap(net).eval()
     table = np.load(Path(bundle_dir) / manifest["item_embeddings"]["file"], allow_pickle=False)

@@ -26,7 +26,6 @@ from torch import nn
 from recsys.artifacts import models
 from recsys.artifacts.bundle import EXPORT_FORMAT, write_bundle
 from recsys.export.errors import ExportError  # noqa: F401  (re-exported)
-from recsys.utils.io import sha256_file
 from recsys.utils.lineage import git_commit, versions
 
 MANIFEST_FORMAT = EXPORT_FORMAT
@@ -122,13 +121,14 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
     runtime given a retrieval bundle with another version refuses the pairing."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model_dir = run_dir / "model"
-    net, model_args = rebuild_net(model_dir)
     rows_path = model_dir / "parity_rows.safetensors"
     if not (model_dir / "features.json").is_file() or not rows_path.is_file():
         raise ExportError(f"{model_dir}: need features.json and parity_rows.safetensors (a `recsys rank train` run)")
-    feats = models.read_model_json(model_dir, "features.json")
+    folder = models.ModelFolder.open(model_dir, require=("features.json", "parity_rows.safetensors"))  # verified once
+    net, model_args = folder.rebuild()
+    feats = folder.json("features.json")
     names = list(feats["inputs"])
-    rows = models.read_model_arrays(model_dir, "parity_rows.safetensors")
+    rows = folder.arrays("parity_rows.safetensors")
     missing = [n for n in names if n not in rows]
     n_rows = len(rows[names[0]]) if names and not missing else 0
     if missing or n_rows < min_rows:
@@ -158,7 +158,7 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
         draft.manifest.update({
             "name": name or out_dir.name, "created_unix": time.time(),
             "model": {"file": MODEL_FILE, "class": model_args["_target_"], "model_args": model_args,
-                      "run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(model_dir / "weights.safetensors")},
+                      "run_dir": str(run_dir.resolve()), "weights_sha256": folder.meta["weights_sha256"]},
             "feature_set_version": feats["feature_set_version"],
             "compatible_embedding_versions": sorted(set(compatible_embedding_versions)),
             "inputs": _input_spec(names, rows, feats["vocab_sizes"]),

@@ -37,10 +37,12 @@ def load_manifest(bundle_dir: str | Path, kind: str | None = None) -> dict[str, 
     """The verified manifest of an export bundle (:func:`recsys.artifacts.bundle.verify_bundle`):
     its own checksum, its format, its ``kind`` (when given; bundles without a kind
     are rankers), the model file listed, and every listed file's size and sha256."""
-    manifest = read_manifest_verified(bundle_dir)
+    manifest = verify_bundle(bundle_dir, format=EXPORT_FORMAT, kind=kind)
     model = manifest.get("model")
-    need = [model["file"]] if isinstance(model, dict) and isinstance(model.get("file"), str) else []
-    return verify_bundle(bundle_dir, format=EXPORT_FORMAT, kind=kind, require=need)
+    name = model.get("file") if isinstance(model, dict) else None
+    if not isinstance(name, str) or name not in manifest["files"]:
+        raise BundleError(f"{Path(bundle_dir) / 'manifest.json'}: names no model file among the files it lists")
+    return manifest
 
 
 def declared_embedding_version(other: Any) -> tuple[str, str]:

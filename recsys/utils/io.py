@@ -1,10 +1,12 @@
 """Atomic writes (temp file + rename), checksums and JSON helpers.
 
 Temporary files and folders are named ``.<name>.<pid>.<random>.tmp`` next to their
-target. A build killed with ``kill -9`` leaves one behind; the next atomic write to
-the same target removes the temp folders of processes that no longer exist
-(:func:`clean_stale_temps`), so they never accumulate. Finished files and folders get
-the usual permissions (``0666`` / ``0777`` minus the umask), not the private ones
+target. A build killed with ``kill -9`` leaves one behind; the next folder write to
+the same target (:func:`atomic_dir`) removes the temp folders of processes that no
+longer exist (:func:`clean_stale_temps`), so they never accumulate. Single-file
+writes (:func:`atomic_path`) do not scan their folder: they are frequent and a killed
+one leaves at most one small temp file. Finished files and folders get the usual
+permissions (``0666`` / ``0777`` minus the umask), not the private ones
 ``mkstemp`` / ``mkdtemp`` start with.
 """
 from __future__ import annotations
@@ -108,7 +110,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     remove it on failure, so readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
