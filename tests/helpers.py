@@ -39,9 +39,11 @@ def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
                           cwd=cwd or ROOT, env=full_env, timeout=600)
 
 
-def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, seed: int = 0) -> Path:
+def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, seed: int = 0,
+               behavioural: bool = False) -> Path:
     """A small `recsys rank train`-like run directory (model/, summary.json) on a
-    tiny synthetic world, without the CLI: a few Adam steps on a DCN-v2."""
+    tiny synthetic world, without the CLI: a few Adam steps on a DCN-v2
+    (``behavioural``: plus the world's behavioural features as of each request)."""
     import numpy as np
     import torch
 
@@ -55,6 +57,10 @@ def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, 
     torch.manual_seed(seed)
     world = generate_world(SyntheticConfig(n_users=120, n_items=80, n_categories=4, n_requests=2000, seed=seed))
     table = build_ranker_features(world)
+    if behavioural:
+        from recsys.features.ranker import add_behavioural_features
+
+        table = add_behavioural_features(table, world)
     splits = time_split(table, 0.1, 0.3)
     args = {"embedding_dim": 8, "n_cross": 2, "deep": [32, 16], "structure": "stacked"}
     net = DCNv2(table.vocab_sizes, table.dense, **args)

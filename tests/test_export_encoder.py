@@ -67,8 +67,8 @@ def _histories(n: int, length: int, seed: int) -> np.ndarray:
 
 
 def test_bundle_layout_manifest_and_parity(bundle, seq_run):
-    assert sorted(p.name for p in bundle.iterdir()) == ["item_embeddings.npy", "manifest.json", "manifest.sha256",
-                                                       "query_encoder.onnx"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["item_embeddings.npy", "item_ids.npy", "manifest.json",
+                                                       "manifest.sha256", "query_encoder.onnx"]
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["kind"] == "query_encoder" and m["model"]["class"] == "recsys.models.sequential.SASRec"
     meta = json.loads((seq_run / "model" / "model_args.json").read_text())

@@ -23,7 +23,8 @@ def _query_encoder(out: Path, data: Any, split: Any) -> tuple[Any, dict[str, Any
     from recsys.serving.encoder import QueryEncoderRuntime
 
     t1 = time.perf_counter()
-    users = EncoderData(split.test.history, source="demo test-split histories", fingerprint=data.fingerprint)
+    users = EncoderData(split.test.history, source="demo test-split histories", fingerprint=data.fingerprint,
+                        item_ids=data.raw_item_ids())
     # the 1,000-user parity floor; tiny demo worlds check every user
     parity = ParitySpec(lengths=(5, 17, 50), min_users=min(1000, len(split.test.users)))
     m = export_query_encoder(out, out / "export" / "query_encoder", users, parity, name="demo_query")

@@ -34,12 +34,11 @@ def export(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     kind = bundle_kind(run_dir / "model")
     if kind == "query_encoder":
-        from recsys.export.onnx_encoder import ENCODERS, EncoderData, ParitySpec, export_query_encoder, model_class
+        from recsys.export.onnx_encoder import ENCODERS, ParitySpec, export_query_encoder, model_class
 
         adapter = ENCODERS[model_class(run_dir / "model")]
         if adapter.parity_data is None:  # single-input (sequence) encoders
-            histories, source, fingerprint = run_histories(run_dir)
-            users = EncoderData(histories, source=source, fingerprint=fingerprint)
+            users = run_histories(run_dir)
         else:  # multi-input encoders: histories + the users' side inputs + the adapter's context
             users = encoder_parity_data(run_dir, adapter)
         enc = cfg.encoder

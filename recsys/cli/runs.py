@@ -42,11 +42,14 @@ def run_split(run_dir: Path) -> tuple[Any, Any, Any]:
     return run_cfg, data, split
 
 
-def run_histories(run_dir: Path) -> tuple[Any, str, str | None]:
-    """The test-split user histories of the data a `recsys train` run was
-    trained on, a description of them, and the data fingerprint."""
+def run_histories(run_dir: Path) -> Any:
+    """The parity data of a single-input (sequence) encoder: the test-split user
+    histories of the data a `recsys train` run was trained on, with the raw item ids."""
+    from recsys.export.adapters import EncoderData
+
     _, data, split = run_split(run_dir)
-    return split.test.history, f"test-split histories of data={data.name} ({split.info.get('split')})", data.fingerprint
+    return EncoderData(split.test.history, source=f"test-split histories of data={data.name} ({split.info.get('split')})",
+                       fingerprint=data.fingerprint, item_ids=data.raw_item_ids())
 
 
 def encoder_parity_data(run_dir: Path, adapter: Any) -> Any:

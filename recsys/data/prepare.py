@@ -81,6 +81,13 @@ class PreparedData:
         """``(user_idx, item_idx, timestamp)`` as numpy, sorted by user then time."""
         return interaction_arrays(self.interactions)
 
+    def raw_item_ids(self) -> np.ndarray:
+        """The raw item id of every item index, ``(n_items + 1,)`` str, ``""`` at 0 (padding)."""
+        idx = self.items.column(S.ITEM_IDX).to_numpy().astype(np.int64)
+        out = np.full(self.n_items + 1, "", dtype=object)
+        out[idx] = [str(v) for v in self.items.column(S.ITEM_ID).to_pylist()]
+        return out.astype(str)
+
     def item_codes(self, column: str) -> np.ndarray | None:
         """Integer codes of a categorical item column, ``(n_items + 1,)``, 0 for padding."""
         if column not in self.items.column_names:

@@ -46,7 +46,9 @@ class EncoderData:
     """Real users for the parity check: ``histories`` (CSR of item ids, time order),
     ``side`` ``{input name: (n_rows,) int64}`` aligned with them, the ``context``
     ``bind`` needs (e.g. item feature tensors), and ``population`` (all users of the
-    data: the parity needs ``min(min_users, population)`` users)."""
+    data: the parity needs ``min(min_users, population)`` users) and ``item_ids``, the
+    raw item id of every item index (``(n_items + 1,)``, ``""`` at 0): written to the
+    bundle so a service can turn a user's raw recent items into the encoder's input."""
 
     histories: CSR
     side: dict[str, np.ndarray] = field(default_factory=dict)
@@ -54,6 +56,7 @@ class EncoderData:
     population: int | None = None
     source: str | None = None
     fingerprint: str | None = None
+    item_ids: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

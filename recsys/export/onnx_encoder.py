@@ -64,6 +64,7 @@ from recsys.utils.topk import top_k_excluding  # noqa: F401  (re-exported)
 
 MODEL_FILE = "query_encoder.onnx"
 TABLE_FILE = "item_embeddings.npy"
+IDS_FILE = "item_ids.npy"
 PARITY_TOLERANCE = 1e-5
 PARITY_LENGTHS = (1, 5, 17, 50)
 MIN_TOPK_AGREEMENT = 0.999
@@ -248,6 +249,11 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, users: Encode
         if v.shape != (histories.n_rows,) or (v.size and (v.min() < 0 or v.max() >= s.vocab_size)):
             raise ExportError(f"parity side input {s.name!r}: shape {v.shape} / values outside [0, {s.vocab_size}) "
                               f"(expected ({histories.n_rows},) ids)")
+    raw_ids = None if users.item_ids is None else np.asarray(users.item_ids).astype(str)
+    if raw_ids is not None and (raw_ids.shape != (n_rows_table,) or raw_ids[0] != ""
+                                or len(set(raw_ids[1:].tolist())) != n_rows_table - 1):
+        raise ExportError(f"{run_dir}: item_ids: {raw_ids.shape[0]} raw ids for a table of {n_rows_table} rows "
+                          f"(expected one unique id per item, '' at row 0)")
     keep = np.flatnonzero(histories.lengths() > 0)
     histories = histories.take(keep)
     side = {k_: v[keep] for k_, v in side.items()}
@@ -272,6 +278,8 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, users: Encode
         export_s = time.perf_counter() - t0
         table = table_t.numpy().astype(np.float32)
         np.save(tmp / TABLE_FILE, table, allow_pickle=False)
+        if raw_ids is not None:
+            np.save(tmp / IDS_FILE, raw_ids, allow_pickle=False)
         session = onnx_session(tmp / MODEL_FILE)
         kw = {"side": side} if side else {}
         try:
@@ -296,7 +304,7 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, users: Encode
         proto = onnx.load(str(tmp / MODEL_FILE), load_external_data=False)
         onnx.checker.check_model(proto)
         opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
-        draft.files = [MODEL_FILE, TABLE_FILE]
+        draft.files = [MODEL_FILE, TABLE_FILE, *([IDS_FILE] if raw_ids is not None else [])]
         draft.manifest.update({
             "name": name or out_dir.name,
             "created_unix": time.time(),
@@ -313,6 +321,9 @@ def export_query_encoder(run_dir: str | Path, out_dir: str | Path, users: Encode
             "item_embeddings": {"file": TABLE_FILE, "dtype": "float32", "shape": [int(n_rows_table), int(dim)],
                                 "row_0": "padding (never recommended)", "scoring": bound.scoring},
             "n_items": int(n_rows_table - 1),
+            **({"item_ids": {"file": IDS_FILE, "dtype": "str", "shape": [int(n_rows_table)],
+                             "meaning": "raw item id of each input id / table row; row 0 (padding) is ''"}}
+               if raw_ids is not None else {}),
             "opset": opsets.get("ai.onnx", opset), "opset_imports": opsets,
             "versions": {**versions(), "onnx": onnx.__version__}, "git_commit": git_commit(),
             "data_fingerprint": users.fingerprint or (summary.get("data") or {}).get("fingerprint"),

@@ -27,6 +27,7 @@ from recsys.artifacts import models
 from recsys.artifacts.bundle import EXPORT_FORMAT, write_bundle
 from recsys.export.errors import ExportError  # noqa: F401  (re-exported)
 from recsys.utils.lineage import git_commit, versions
+from recsys.utils.progress import progress
 
 MANIFEST_FORMAT = EXPORT_FORMAT
 MODEL_FILE = "ranker.onnx"
@@ -93,7 +94,7 @@ def parity_check(net: nn.Module, session: Any, rows: dict[str, np.ndarray],
     (batch 1 on the first 64 rows only); NaN anywhere counts as infinite."""
     n = len(next(iter(rows.values())))
     worst: dict[str, float] = {}
-    for bs in batch_sizes:
+    for bs in progress(batch_sizes, "export parity (batch sizes)", total=len(batch_sizes)):
         stop = min(n, 64) if bs == 1 else n
         diffs = []
         for s in range(0, stop, bs):
@@ -160,6 +161,7 @@ def export_ranker(run_dir: str | Path, out_dir: str | Path, name: str | None = N
             "model": {"file": MODEL_FILE, "class": model_args["_target_"], "model_args": model_args,
                       "run_dir": str(run_dir.resolve()), "weights_sha256": folder.meta["weights_sha256"]},
             "feature_set_version": feats["feature_set_version"],
+            **({"behavioural": feats["behavioural"]} if "behavioural" in feats else {}),
             "compatible_embedding_versions": sorted(set(compatible_embedding_versions)),
             "inputs": _input_spec(names, rows, feats["vocab_sizes"]),
             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch"],

@@ -115,7 +115,8 @@ def parity_data(run_dir: Path, dm: Any, data: Any, split: Any, net: nn.Module) -
                        context={"item_features": dm.items.tensors, "user_vocab": dm.users.vocab},
                        population=int(data.n_users),
                        source=f"test-split users of data={data.name} ({split.info.get('split')}): training "
-                              f"histories, hashed ids and user features", fingerprint=data.fingerprint)
+                              f"histories, hashed ids and user features", fingerprint=data.fingerprint,
+                       item_ids=data.raw_item_ids())
 
 
 def _needs_context(net: nn.Module) -> Any:

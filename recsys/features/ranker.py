@@ -121,6 +121,26 @@ def build_ranker_features(world: Any) -> FeatureTable:
     return FeatureTable(features, click, req, ts, vocab, list(DENSE))
 
 
+def serving_tables(world: Any) -> tuple[Any, Any]:
+    """The item catalogue and users table a decision service needs to compute
+    :func:`build_ranker_features`' item- and user-level inputs for ``world``:
+    catalogue ``item_id, category`` (the raw category, as events and behavioural
+    features see it), ``category_idx`` (the ranker's code), ``price_log``,
+    ``available``; users ``user_id, user_group`` (code). Two pyarrow tables."""
+    import pyarrow as pa
+
+    items = world.items
+    cats = items["category"].to_pylist()
+    catalogue = pa.table({
+        "item_id": items["item_id"].cast(pa.string()), "category": pa.array([str(c) for c in cats]),
+        "category_idx": pa.array(_codes(cats, "c")),
+        "price_log": pa.array(np.log1p(items["price"].to_numpy()).astype(np.float32)),
+        "available": pa.array(np.ones(items.num_rows, dtype=bool))})
+    users = pa.table({"user_id": world.users["user_id"].cast(pa.string()),
+                      "user_group": pa.array(_codes(world.users["group"].to_pylist(), "g"))})
+    return catalogue, users
+
+
 # --------------------------------------------------------------------------- ratings data (ml-100k)
 
 RATINGS_FEATURE_SET_VERSION = "ratings_ranker_features/1"
@@ -240,6 +260,27 @@ def build_rating_features(data: Any, threshold: float = 4.0, negatives_per_event
                          "positive_rate_rated": prior, "genres": genre_names})
 
 
+def signed_log1p(v: Any) -> np.ndarray:
+    """``sign(x) * log1p(|x|)`` as float32, NaN / inf -> 0: how a behavioural feature
+    enters the ranker (counts and seconds span orders of magnitude); offline
+    (:func:`add_behavioural_features`) and online (the decision service) alike."""
+    v = np.asarray(v, dtype=np.float64)
+    return np.nan_to_num(np.sign(v) * np.log1p(np.abs(v)), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def json_plain(x: Any) -> Any:
+    """``x`` with numpy scalars / arrays turned into JSON types (for manifests)."""
+    if isinstance(x, dict):
+        return {str(k): json_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_plain(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
 def add_behavioural_features(table: FeatureTable, world: Any, feature_set: Any = None,
                              names: list[str] | None = None, params: dict[str, Any] | None = None,
                              prefix: str = "bf_") -> FeatureTable:
@@ -256,17 +297,20 @@ def add_behavioural_features(table: FeatureTable, world: Any, feature_set: Any =
     """
     from recsys.features.pointintime import build_training_set
 
+    from recsys.features.definitions import FeatureSet, build_feature_set
+
+    fs = feature_set if isinstance(feature_set, FeatureSet) else build_feature_set(feature_set)
     imp = world.impressions.select(["user_id", "item_id", "timestamp"])
-    rows, info = build_training_set(world.events, imp, feature_set, params=params, items=world.items)
+    rows, info = build_training_set(world.events, imp, fs, params=params, items=world.items)
     skip = {"user_id", "item_id", "timestamp", "category"}
     names = names or [c for c in rows.columns if c not in skip]
     feats, dense = dict(table.features), list(table.dense)
     for n in names:
-        v = rows.get_column(n).cast(float).to_numpy().astype(np.float64)
-        v = np.nan_to_num(np.sign(v) * np.log1p(np.abs(v)), nan=0.0, posinf=0.0, neginf=0.0)
-        feats[prefix + n] = v.astype(np.float32)
+        feats[prefix + n] = signed_log1p(rows.get_column(n).cast(float).to_numpy())
         dense.append(prefix + n)
+    # everything a service needs to compute the same columns online (recsys.service.behaviour)
     meta = {**table.meta, "behavioural": {"feature_set": info["feature_set"], "fit_time": info["fit_time"],
-                                          "names": names}}
+                                          "names": names, "prefix": prefix, "transform": "signed_log1p",
+                                          "config": json_plain(fs.config), "params": json_plain(info["params"])}}
     return FeatureTable(feats, table.label, table.request_id, table.timestamp, dict(table.vocab_sizes), dense,
                         f"{table.version}+{info['feature_set']}", meta)

@@ -55,6 +55,9 @@ class EventIn(BaseModel):
     event_type: Literal["view", "click", "add_to_cart", "purchase"]
     channel: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     segment: str | None = Field(default=None, pattern=ID)
+    timestamp: float | None = Field(default=None, ge=0, le=1e11)   # unix seconds; default: when received
+    session_id: str | None = Field(default=None, pattern=ID)
+    value: float | None = Field(default=None, ge=0, le=1e7)        # e.g. dwell seconds
 
 
 class EventsIn(BaseModel):
@@ -132,6 +135,21 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
         return RecommendResponse(decision_id=d.decision_id, items=d.items, scores=d.scores, level=d.level,
                                  versions=d.versions, reasons=d.reasons, latency_ms=d.latency_ms)
 
+    def record_behaviour(e: EventIn) -> None:
+        """The event into the ranker's behavioural features: directly (one process) or
+        through the shared stream every replica applies before it reads."""
+        beh = holder.current.behaviour
+        if beh is None:
+            return
+        cat = holder.current.catalogue.category.get(e.item_id) if holder.current.catalogue is not None else None
+        t = time.time() if e.timestamp is None else float(e.timestamp)
+        if getattr(state, "remote", False):
+            state.publish_event({"user_id": e.user_id, "item_id": e.item_id, "timestamp": t,
+                                 "event_type": e.event_type, "category": cat, "session_id": e.session_id,
+                                 "value": e.value})
+        else:
+            beh.ingest(e.user_id, e.item_id, t, e.event_type, cat, e.session_id, e.value)
+
     @app.post("/v1/events", status_code=202)
     def events(body: EventsIn) -> dict[str, Any]:
         recorded = skipped = 0
@@ -143,6 +161,7 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
                     continue
                 state.add_event(e.user_id, e.item_id, float(cfg.event_weights.get(e.event_type, 1.0)),
                                 e.event_type == "click", e.segment, cfg.recent_items)
+                record_behaviour(e)
                 recorded += 1
         except StateUnavailable:
             metrics.errors.labels("events", "state_unavailable").inc()
@@ -164,6 +183,11 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
             state.set_consent(user_id, body.granted)
             if not body.granted:
                 state.forget_user(user_id)
+                beh = holder.current.behaviour
+                if beh is not None:  # the user's behavioural features, here and (via the stream) in every replica
+                    beh.erase_user(user_id)
+                    if getattr(state, "remote", False):
+                        state.publish_event({"erase_user": user_id})
         except StateUnavailable:
             # not stored: the client must retry; recommendations meanwhile are non-personalised
             return JSONResponse({"detail": "state store unavailable; consent not recorded, retry"},

@@ -6,14 +6,16 @@ level is then skipped). Loading verifies every bundle (manifest checksum, every
 file's sha256) and the versions that must agree:
 
 * the ranker's ``feature_set_version`` must be the one this service computes
-  (:data:`recsys.features.ranker.FEATURE_SET_VERSION`) and its inputs a subset of
+  (:data:`recsys.features.ranker.FEATURE_SET_VERSION`, plus ``+<behavioural
+  feature set>`` when the manifest has a ``behavioural`` block, computed online
+  by :class:`recsys.service.behaviour.Behaviour`) and its inputs a subset of
   what :func:`recsys.service.rules.ranker_features` assembles;
 * the index's ``embedding_version`` must be one the ranker lists as compatible
   (:func:`recsys.serving.bundle.check_pairing`).
 
-A query-encoder bundle is not part of a set yet: its bundle maps the encoder's
-item indices to no raw item ids, so the personalised level queries the index
-with its precomputed user vectors.
+* the query encoder's ``embedding_version`` must equal the index's (the index
+  holds the vectors of the run the encoder was exported from), and the encoder
+  bundle must map its input ids to raw item ids (``item_ids.npy``).
 
 Any failure is one :class:`BundleSetError` line; :class:`BundleHolder` keeps the
 running set until a new one has loaded completely.
@@ -76,7 +78,9 @@ class Catalogue:
 
 @dataclass
 class BundleSet:
+    encoder: Any = None
     ranker: Any = None
+    behaviour: Any = None  # Behaviour of the ranker's behavioural features (online state)
     index: Any = None
     catalogue: Catalogue | None = None
     users: Catalogue | None = None
@@ -92,35 +96,64 @@ def _exists(path: str | None, what: str) -> Path | None:
     return p
 
 
-def load_bundle_set(paths: BundlePaths, threads: int = 1) -> BundleSet:
-    """Load, verify and pair-check a bundle set (see the module docstring)."""
-    from recsys.serving.bundle import check_pairing
+def load_bundle_set(paths: BundlePaths, threads: int = 1, previous: BundleSet | None = None) -> BundleSet:
+    """Load, verify and pair-check a bundle set (see the module docstring).
+    ``previous``: the running set, whose behavioural state is kept when the new
+    ranker uses the same feature set; ``paths.events``: an event file replayed into
+    a new behavioural state."""
+    from recsys.service.behaviour import Behaviour
+    from recsys.serving.bundle import check_pairing, load_manifest
+    from recsys.serving.encoder import QueryEncoderRuntime
     from recsys.serving.index import IndexRuntime
     from recsys.serving.ranker import RankerRuntime
 
     s = BundleSet()
     try:
+        if paths.catalogue is not None:
+            s.catalogue = Catalogue.read(paths.catalogue)
+        if paths.users is not None:
+            s.users = Catalogue.read(paths.users, key="user_id")
+        categories = s.catalogue.category if s.catalogue is not None else None
         if (p := _exists(paths.index, "index")) is not None:
             s.index = IndexRuntime(p, threads=threads)
             v = s.index.manifest.get("embedding_version")
             if v:
                 s.versions["embedding_version"] = str(v)
+        if (p := _exists(paths.encoder, "encoder")) is not None:
+            if s.index is None:
+                raise BundleSetError(f"{p}: a query encoder needs an index bundle (serve.bundles.index)")
+            s.encoder = QueryEncoderRuntime(p, intra_op_threads=threads)
+            ev, iv = s.encoder.embedding_version, s.index.manifest.get("embedding_version")
+            if not ev or ev != iv:
+                raise BundleSetError(f"{p}: encoder embedding_version {ev} != index {paths.index} "
+                                     f"embedding_version {iv} (export both from the same train run)")
+            if s.encoder.item_ids is None:
+                raise BundleSetError(f"{p}: the encoder bundle has no item_ids.npy (raw item ids); re-export it")
+            if s.encoder.item_embeddings.shape[1] != s.index.dim:
+                raise BundleSetError(f"{p}: encoder dim {s.encoder.item_embeddings.shape[1]} != index dim {s.index.dim}")
+            s.versions["encoder"] = str(s.encoder.manifest.get("name") or p.name)
         if (p := _exists(paths.ranker, "ranker")) is not None:
-            s.ranker = RankerRuntime(p, feature_set_version=FEATURE_SET_VERSION, intra_op_threads=threads)
+            spec = load_manifest(p).get("behavioural")
+            want = FEATURE_SET_VERSION
+            if spec is not None:
+                keep = previous.behaviour if previous is not None else None
+                s.behaviour = keep if keep is not None and keep.version == spec.get("feature_set") \
+                    else Behaviour(spec, str(p))
+                want = f"{FEATURE_SET_VERSION}+{s.behaviour.version}"
+                if s.behaviour is not keep and paths.events is not None:
+                    s.behaviour.replay(paths.events, categories)
+            s.ranker = RankerRuntime(p, feature_set_version=want, intra_op_threads=threads)
             if s.index is not None:
                 check_pairing(s.ranker.manifest, p, str(paths.index))
             s.versions["feature_set_version"] = str(s.ranker.feature_set_version)
             s.versions["ranker"] = str(s.ranker.manifest.get("name") or p.name)
-        if paths.catalogue is not None:
-            s.catalogue = Catalogue.read(paths.catalogue)
-        if paths.users is not None:
-            s.users = Catalogue.read(paths.users, key="user_id")
     except RecsysError as e:
         if isinstance(e, BundleSetError):
             raise
         raise BundleSetError(str(e)) from None
     if s.ranker is not None:
-        known = set(REQUEST_INPUTS) | {c for t in (s.catalogue, s.users) if t for c in t.columns}
+        known = set(REQUEST_INPUTS) | {c.removesuffix("_idx") for t in (s.catalogue, s.users) if t for c in t.columns}
+        known |= set(s.behaviour.columns if s.behaviour is not None else [])
         missing = sorted(set(s.ranker.inputs) - known)
         if missing:
             raise BundleSetError(f"{paths.ranker}: ranker inputs {missing} are neither computed by the service nor "
@@ -141,6 +174,6 @@ class BundleHolder:
         """Load ``paths`` (default: the same paths again); on any error raise and keep serving the old set."""
         with self._lock:
             new_paths = paths or self.paths
-            new = load_bundle_set(new_paths, self.threads)
+            new = load_bundle_set(new_paths, self.threads, self.current)
             self.current, self.paths = new, new_paths
             return new

@@ -24,10 +24,12 @@ class ServiceConfigError(RecsysError):
 class BundlePaths:
     """Bundle folders and side files; ``None`` = not served (its level is skipped)."""
 
+    encoder: str | None = None         # recsys export of a `train` run (query encoder; null: the index's user vectors)
     ranker: str | None = None          # recsys export of a `rank train` run
     index: str | None = None           # recsys index build
     catalogue: str | None = None       # Parquet: item_id, category, available, + item-level ranker inputs
     users: str | None = None           # Parquet: user_id + user-level ranker inputs (e.g. user_group)
+    events: str | None = None          # Parquet event store replayed into the ranker's behavioural features at start
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Budgets:
     """Per-stage time budgets in milliseconds; a stage past its budget drops a level."""
 
     state_ms: float = 50.0
+    query_ms: float = 50.0
     retrieve_ms: float = 50.0
     rank_ms: float = 100.0
 
@@ -83,7 +86,8 @@ class ServeConfig:
     breaker: Breaker = field(default_factory=Breaker)
     decision_log: DecisionLog = field(default_factory=DecisionLog)
     fallback: dict[str, list[str]] = field(default_factory=lambda: {"default": list(LEVELS)})
-    n_candidates: int = 200           # ANN candidates before filters and ranking
+    n_candidates: int = 200           # ANN candidates retrieved (before filters)
+    n_rank: int = 200                 # of those left after filters, the best by ANN score go to the ranker
     max_k: int = 100
     max_body_bytes: int = 65536
     recent_items: int = 50            # per-user recent items kept (the seen filter)
@@ -141,8 +145,8 @@ def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
         cap = getattr(cfg.caps, name)
         if cap is not None and (int(cap.limit) < 0 or float(cap.window_s) <= 0):
             raise ServiceConfigError(f"serve.caps.{name}: expected limit >= 0 and window_s > 0")
-    if not 1 <= cfg.max_k <= 1000 or cfg.n_candidates < 1:
-        raise ServiceConfigError("serve.max_k: expected 1..1000; serve.n_candidates: expected >= 1")
+    if not 1 <= cfg.max_k <= 1000 or cfg.n_candidates < 1 or cfg.n_rank < 1:
+        raise ServiceConfigError("serve.max_k: expected 1..1000; serve.n_candidates, serve.n_rank: expected >= 1")
     b = cfg.bundles
     if not (b.index or b.catalogue or cfg.static_items):
         raise ServiceConfigError("serve: nothing to serve; give bundles.index, bundles.catalogue or static_items")

@@ -32,9 +32,9 @@ import numpy as np
 
 from recsys.service.bundles import BundleHolder, BundleSet
 from recsys.service.config import ServeConfig
+from recsys.service.query import query_vector
 from recsys.service.rules import category_cap_order, filter_items, mmr_order, ranker_features
 from recsys.service.state import State, StateUnavailable
-from recsys.utils.errors import DataError
 
 
 class StageFailed(Exception):
@@ -179,20 +179,22 @@ class Pipeline:
             raise StageFailed("index", "missing_bundle")
         b = self.cfg.budgets
         idx = bs.index
-        try:  # the user's precomputed vector (users unknown to the index are cold starts)
-            q = idx.user_vectors[idx.user_rows([req.user_id])]
-        except DataError:
-            raise StageFailed("query", "cold_start") from None
+        # the encoder over the recent items, else the index's user vector (recsys.service.query)
+        q = self._stage("query", b.query_ms, query_vector, bs, req.user_id, recent, lat=lat)
+        if q is None:
+            raise StageFailed("query", "cold_start")
         n = min(self.cfg.n_candidates + len(drop), idx.n_items)
         hits = self._stage("index", b.retrieve_ms, idx.search, q, n, lat=lat)
         ann = {i: float(s) for i, s, r in zip(hits.ids[0].tolist(), hits.scores[0].tolist(), hits.rows[0].tolist())
                if r >= 0}
-        cands = filter_items(ann, drop=drop, catalogue=bs.catalogue)[: self.cfg.n_candidates]
+        cands = filter_items(ann, drop=drop, catalogue=bs.catalogue)[: self.cfg.n_rank]
         if len(cands) < req.k:
             raise StageFailed("index", f"too_few_candidates ({len(cands)} < k={req.k})")
         if bs.ranker is None:
             return cands, {i: ann[i] for i in cands}
         ucounts, icounts = self._state(self.state.counters, req.user_id, cands, lat=lat)
+        if bs.behaviour is not None:  # events other replicas published since the last request
+            self._state(bs.behaviour.sync, self.state, lat=lat)
         p = self._stage("ranker", b.rank_ms, lambda: bs.ranker.predict_proba(
             ranker_features(bs, req.user_id, cands, t, ucounts, icounts)), lat=lat)
         if float(np.max(p)) < self.cfg.min_confidence:

@@ -35,12 +35,23 @@ def _code(raw: str, vocab: int | None) -> int:
     return v if v > 0 and (vocab is None or v < vocab) else 0
 
 
+def table_column(table: Any, name: str, dtype: Any) -> dict[str, Any] | None:
+    """The catalogue / users column feeding ranker input ``name``: for an integer
+    input ``<name>_idx`` (codes) when the table has it, else ``<name>``."""
+    if table is None:
+        return None
+    if dtype is np.int64 and f"{name}_idx" in table.columns:
+        return table.columns[f"{name}_idx"]
+    return table.columns.get(name)
+
+
 def ranker_features(bs: BundleSet, user: str, items: Sequence[str], t: float,
                     user_counts: tuple[float, float], item_counts: np.ndarray) -> dict[str, np.ndarray]:
     """The ranker's inputs for ``items`` of one request at time ``t``: the same
     definitions as :func:`recsys.features.ranker.build_ranker_features` (smoothed
     CTR and log impressions from the clicks / impressions before now, UTC hour,
-    position 0), plus item- and user-level columns of the catalogue / users tables."""
+    position 0), the ranker's behavioural features computed online, plus item- and
+    user-level columns of the catalogue / users tables."""
     specs = bs.ranker.inputs
     n = len(items)
     uc, ui = user_counts
@@ -52,6 +63,9 @@ def ranker_features(bs: BundleSet, user: str, items: Sequence[str], t: float,
         "item_ctr": smoothed_ctr(item_counts[:, 0], item_counts[:, 1]),
         "item_log_imps": np.log1p(item_counts[:, 1]).astype(np.float32),
     }
+    if bs.behaviour is not None:  # the ranker's behavioural features, online (recsys.service.behaviour)
+        cats = bs.catalogue.category if bs.catalogue is not None else {}
+        computed.update(bs.behaviour.features(user, items, [cats.get(i) for i in items], t))
     out: dict[str, np.ndarray] = {}
     for name, spec in specs.items():
         dtype = np.int64 if spec["dtype"] == "int64" else np.float32
@@ -62,12 +76,10 @@ def ranker_features(bs: BundleSet, user: str, items: Sequence[str], t: float,
             a = np.full(n, _code(user, vocab), dtype=np.int64)
         elif name == "item":
             a = np.array([_code(i, vocab) for i in items], dtype=np.int64)
-        elif bs.catalogue is not None and name in bs.catalogue.columns:
-            col = bs.catalogue.columns[name]
-            a = np.array([col.get(i) or 0 for i in items], dtype=dtype)
+        elif bs.catalogue is not None and (c := table_column(bs.catalogue, name, dtype)) is not None:
+            a = np.array([c.get(i) or 0 for i in items], dtype=dtype)
         else:
-            col = bs.users.columns[name]
-            a = np.full(n, col.get(user) or 0, dtype=dtype)
+            a = np.full(n, table_column(bs.users, name, dtype).get(user) or 0, dtype=dtype)
         if dtype is np.int64 and vocab is not None:
             a = np.where((a >= 0) & (a < vocab), a, 0)
         out[name] = np.asarray(a, dtype=dtype)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -253,6 +253,25 @@ class RedisState:
                 pipe.zincrby(self.p + f"pop:{segment}", weight, item)
             pipe.execute()
         self._call(run)
+
+    def publish_event(self, event: dict[str, Any], maxlen: int = 1_000_000) -> None:
+        """Append a behavioural event to the shared stream every replica applies
+        to its online features (:meth:`read_events`); ``None`` fields are sent as ''."""
+        fields = {k: "" if v is None else str(v) for k, v in event.items()}
+        self._call(self.r.xadd, self.p + "events", fields, "*", maxlen, True)
+
+    def read_events(self, cursor: str, count: int = 10_000) -> tuple[list[dict[str, str]], str]:
+        """Events after ``cursor`` (a stream id, ``"0-0"`` = from the start) and the new cursor."""
+        out: list[dict[str, str]] = []
+        while True:
+            res = self._call(self.r.xread, {self.p + "events": cursor}, count)
+            if not res:
+                return out, cursor
+            entries = res[0][1]
+            out += [f for _, f in entries]
+            cursor = entries[-1][0]
+            if len(entries) < count:
+                return out, cursor
 
     def popular(self, segment: str | None, n: int) -> list[str]:
         return self._call(self.r.zrevrange, self.p + f"pop:{segment or ''}", 0, n - 1)

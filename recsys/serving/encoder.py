@@ -78,12 +78,33 @@ class QueryEncoderRuntime:
                               f"manifest says {emb['dtype']}{emb['shape']}")
         if self.vocab_size != len(self.item_embeddings):
             raise BundleError(f"{self.bundle_dir}: input vocabulary {self.vocab_size} != {len(self.item_embeddings)} table rows")
+        self.item_ids: np.ndarray | None = None  # raw id of each input id ("" at 0), when the bundle has them
+        self._item_index: dict[str, int] | None = None
+        if "item_ids" in self.manifest:
+            f = self.bundle_dir / self.manifest["item_ids"]["file"]
+            try:
+                self.item_ids = np.load(f, allow_pickle=False)
+            except ValueError as e:
+                raise BundleError(f"{f}: not a plain .npy array ({e})") from None
+            if self.item_ids.dtype.kind != "U" or self.item_ids.shape != (self.vocab_size,):
+                raise BundleError(f"{f}: {self.item_ids.dtype}{list(self.item_ids.shape)}, expected "
+                                  f"({self.vocab_size},) unicode raw item ids")
         self.session = open_session(self.bundle_dir, self.manifest, intra_op_threads, providers)
         self.providers = self.session.get_providers()
         want_names = ["items", *(i["name"] for i in self.side_inputs)]
         got_names = [i.name for i in self.session.get_inputs()]
         if sorted(got_names) != sorted(want_names):
             raise BundleError(f"{self.bundle_dir / self.manifest['model']['file']}: ONNX inputs {got_names}, manifest declares {want_names}")
+
+    def item_index(self, raw_ids: list[str]) -> np.ndarray:
+        """The encoder's input ids of raw item ids, in order; ids it does not know
+        are dropped. Needs a bundle with ``item_ids`` (exports since the decision service)."""
+        if self.item_ids is None:
+            raise BundleError(f"{self.bundle_dir}: no item_ids in the bundle (re-export it to map raw item ids)")
+        if self._item_index is None:
+            self._item_index = {s: i for i, s in enumerate(self.item_ids.tolist()) if i > 0}
+        get = self._item_index.get
+        return np.fromiter((j for j in map(get, raw_ids) if j is not None), dtype=np.int64)
 
     @property
     def input_names(self) -> list[str]:

@@ -76,7 +76,8 @@ def save_ranker_model(net: Any, model_args: dict[str, Any], table: FeatureTable,
                                                  "dense_features": table.dense}, model_dir)
     write_json_atomic(model_dir / "features.json", {
         "feature_set_version": table.version, "inputs": net.input_names,
-        "categorical": list(table.vocab_sizes), "dense": table.dense, "vocab_sizes": table.vocab_sizes})
+        "categorical": list(table.vocab_sizes), "dense": table.dense, "vocab_sizes": table.vocab_sizes,
+        **({"behavioural": table.meta["behavioural"]} if "behavioural" in table.meta else {})})
     n_rows = save_parity_rows(test, parity_rows, model_dir / "parity_rows.safetensors")
     seal_model_dir(model_dir)
     _check_rebuild(net, model_dir, test, n_rows)
