@@ -163,3 +163,21 @@ def test_two_replicas_on_one_redis_compute_the_same_features(world, paths, tmp_p
             assert f["bf_user_events"][0] > before
     finally:
         server.stop()
+
+
+def test_event_store_warms_recent_items_and_popularity(world, paths, tmp_path):
+    app = create_app(cfg(paths, tmp_path))
+    ev = world.events.sort_by("timestamp")
+    user = str(ev.column("user_id")[0])
+    mine = [str(i) for u, i in zip(ev.column("user_id").to_pylist(), ev.column("item_id").to_pylist()) if str(u) == user]
+    state = app.state.pipeline.state
+    assert state.recent_items(user, 5) == mine[::-1][:5]  # newest first
+    with TestClient(app, client=("127.0.0.1", 5000)) as c:
+        c.put("/v1/users/nobody/consent", json={"granted": False})
+        out = c.post("/v1/recommend", json={"user_id": "nobody", "channel": "web", "k": 8}).json()
+        assert out["level"] == "global_popularity" and len(out["items"]) == 8
+        weights = {}
+        for i, e in zip(ev.column("item_id").to_pylist(), ev.column("event_type").to_pylist()):
+            weights[str(i)] = weights.get(str(i), 0.0) + {"view": 1.0, "click": 2.0, "add_to_cart": 3.0,
+                                                          "purchase": 5.0}[e]
+        assert out["items"][0] == max(weights, key=weights.get)

@@ -2,7 +2,8 @@
 that exists (baselines, then a SASRec trained with Lightning) -> exact
 full-ranking evaluation -> results table -> off-policy evaluation of a policy on
 the world's logged impressions -> the ranker of ``configs/rank_train.yaml``
-exported and served -> an HNSW index over the SASRec items -> summary.json."""
+exported -> an HNSW index over the SASRec items -> the decision service on those
+bundles, asked over HTTP -> summary.json."""
 from __future__ import annotations
 
 import time
@@ -46,7 +47,7 @@ def _ope_stage(cfg: DictConfig) -> dict:
 
 
 def demo(cfg: DictConfig) -> dict:
-    from recsys.cli.demo_stages import ranker_stage, retrieval_stage
+    from recsys.cli.demo_stages import ranker_stage, retrieval_stage, service_stage
     from recsys.data.stats import dataset_stats
     from recsys.training.baselines import evaluate_split
 
@@ -55,7 +56,8 @@ def demo(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     with_ranker = bool(cfg.get("ranker_stage", True)) and cfg.get("data", {}).get("name") == "synthetic"
     with_index = bool(cfg.get("retrieval_stage", True)) and bool(cfg.get("train_sequence_model", True))
-    N = 5 + int(with_ranker) + int(with_index)  # noqa: N806 - the stage count in the progress lines
+    with_service = with_ranker and with_index and bool(cfg.get("service_stage", True))
+    N = 5 + int(with_ranker) + int(with_index) + int(with_service)  # noqa: N806 - the stage count in the progress lines
     data, prep_s = load_data(cfg)
     stats = dataset_stats(data)
     print(f"[1/{N}] data '{data.name}': {stats['n_users']} users, {stats['n_items']} items, "
@@ -94,11 +96,15 @@ def demo(cfg: DictConfig) -> dict:
         ranker_out = ranker_stage(cfg, data, split, out, f"[6/{N}]")
         timings["ranker_s"] = ranker_out["total_s"]
     if with_index:
-        index_out = retrieval_stage(out, f"[{N}/{N}]")
+        index_out = retrieval_stage(out, f"[{N - int(with_service)}/{N}]")
         timings["retrieval_s"] = index_out["total_s"]
+    service_out = None
+    if with_service:
+        service_out = service_stage(out, data, f"[{N}/{N}]")
+        timings["service_s"] = service_out["total_s"]
     timings["total_s"] = time.perf_counter() - t0
     path = write_summary(cfg, {"command": "demo", "results": results, "ranker_export": ranker_out,
-                               "retrieval": index_out, "data": data_lineage(data), "data_stats": stats,
+                               "retrieval": index_out, "service": service_out, "data": data_lineage(data), "data_stats": stats,
                                "split": split.info, "timings": timings,
                                "ope": None if ope_out is None else {
                                    k: ope_out[k] for k in ("policy", "estimates", "true_value", "diagnostics")

@@ -5,6 +5,7 @@ through the torch-free runtime (with the demo SASRec as a query encoder), and
 the SASRec item table behind an HNSW index bundle."""
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -132,4 +133,79 @@ def retrieval_stage(out: Path, stage: str) -> dict:
           f"top-10 with seen items excluded, p50 {info['query_p50_ms']:.3f} ms/user")
     for u, ids in zip(users, hits.ids):
         print(f"      user {u}: {' '.join(map(str, ids[:10]))}")
+    return info
+
+
+def service_stage(out: Path, data: Any, stage: str) -> dict:
+    """The decision service (``recsys serve``'s app) on the demo's bundles: the SASRec
+    query encoder, the HNSW index, the DCN-v2 ranker with its behavioural features
+    (warm-started from the world's events), the world's catalogue and users, served
+    by uvicorn on a loopback port; a few requests over HTTP; slates and levels."""
+    import json
+    import threading
+    import urllib.request
+
+    import pyarrow.parquet as pq
+    import uvicorn
+
+    from recsys.data.synthetic_source import load_world
+    from recsys.features.ranker import serving_tables
+    from recsys.service.app import create_app
+    from recsys.service.config import serve_config
+    from recsys.service.decision_log import DECISION_SCHEMA, read_log
+
+    t0 = time.perf_counter()
+    world = load_world(data.extras_dir, data.extras)
+    exp = out / "export"
+    catalogue, users = serving_tables(world)
+    pq.write_table(catalogue, exp / "catalogue.parquet")
+    pq.write_table(users, exp / "users.parquet")
+    pq.write_table(world.events, exp / "events.parquet")
+    cfg = serve_config({
+        "bundles": {"encoder": str(exp / "query_encoder"), "index": str(exp / "index"), "ranker": str(exp / "ranker"),
+                    "catalogue": str(exp / "catalogue.parquet"), "users": str(exp / "users.parquet"),
+                    "events": str(exp / "events.parquet")},
+        "decision_log": {"directory": str(out / "decision_log"), "flush_interval_s": 0.5},
+        "fallback": {"default": ["personalised", "segment_popularity", "global_popularity", "static"],
+                     "email": ["global_popularity", "static"]},  # an offline-first channel
+        "n_candidates": 200, "n_rank": 100, "caps": {"user_item": {"limit": 3, "window_s": 86400.0}}})
+    app = create_app(cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+
+    def call(method: str, path: str, body: dict) -> dict:
+        req = urllib.request.Request(base + path, json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    known = str(app.state.holder.current.index.user_ids[0])
+    enc_items = app.state.holder.current.encoder.item_ids
+    call("POST", "/v1/events", {"events": [{"user_id": "visitor_1", "item_id": str(i), "event_type": "view",
+                                            "channel": "web"} for i in enc_items[[11, 23, 42]]]})
+    call("PUT", "/v1/users/visitor_3/consent", {"granted": False})
+    asks = [("known user, web", known, "web"), ("new visitor after 3 views, web", "visitor_1", "web"),
+            ("new visitor, no events, web", "visitor_2", "web"), ("opted-out visitor, web", "visitor_3", "web"),
+            ("known user, email", known, "email")]
+    info: dict[str, Any] = {"requests": []}
+    print(f"{stage} decision service: encoder + HNSW index + DCN-v2 ranker (behavioural features warm-started from "
+          f"{world.events.num_rows} events) served on {base} (uvicorn, in-process state)")
+    for label, user, channel in asks:
+        r = call("POST", "/v1/recommend", {"user_id": user, "channel": channel, "k": 5})
+        info["requests"].append({"label": label, "level": r["level"], "items": r["items"],
+                                 "total_ms": r["latency_ms"].get("total")})
+        print(f"      {label:<32} level={r['level']:<18} items={' '.join(r['items'])}  "
+              f"({r['latency_ms'].get('total', 0):.1f} ms)")
+    server.should_exit = True
+    thread.join(timeout=10)
+    n_logged = read_log(out / "decision_log", "decisions", DECISION_SCHEMA).num_rows
+    info.update(decision_log_rows=n_logged, total_s=time.perf_counter() - t0)
+    print(f"      decision log: {n_logged} rows (one per slate position) in {out / 'decision_log'}")
     return info

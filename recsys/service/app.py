@@ -21,6 +21,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+import pyarrow as pa
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -78,6 +79,33 @@ class ReloadIn(BaseModel):
     bundles: dict[str, str | None] | None = None
 
 
+def warm_state(state: State, path: str, cfg: ServeConfig) -> None:
+    """Recent items per user and popularity from an event store (Parquet with
+    user_id, item_id, timestamp, event_type), so known users start with their
+    history; behavioural events only, in time order."""
+    import hashlib
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from recsys.service.bundles import BundleSetError
+
+    try:
+        t = pq.read_table(path, columns=["user_id", "item_id", "timestamp", "event_type"])
+    except Exception as e:  # missing file or column, not Parquet
+        raise BundleSetError(f"{path}: cannot read the events (user_id, item_id, timestamp, event_type): "
+                             f"{str(e).splitlines()[0]}") from None
+    t = t.filter(pc.is_in(t["event_type"], pa.array(list(cfg.event_weights)))).sort_by("timestamp")
+    weights = [float(cfg.event_weights[e]) for e in t["event_type"].to_pylist()]
+    with open(path, "rb") as f:
+        tag = hashlib.sha256(f.read()).hexdigest()[:16]
+    try:
+        state.warm([str(u) for u in t["user_id"].to_pylist()], [str(i) for i in t["item_id"].to_pylist()], weights,
+                   cfg.recent_items, tag)
+    except StateUnavailable as e:  # serve anyway (degraded levels); the next start warms it
+        print(f"warning: state not warmed from {path}: {e}", flush=True)
+
+
 def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHolder | None = None) -> FastAPI:
     """The app of one service instance. ``state`` / ``bundles`` default to what ``cfg``
     names (a bundle set that fails its checks raises :class:`BundleSetError`)."""
@@ -85,6 +113,8 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
     state = state if state is not None else make_state(cfg.state, cfg.redis_url, cfg.redis_timeout_s)
     holder = bundles if bundles is not None else BundleHolder(cfg.bundles)
     pipeline = Pipeline(cfg, holder, state, metrics)
+    if cfg.bundles.events is not None:  # recent items and popularity from the event store
+        warm_state(state, cfg.bundles.events, cfg)
     log = feedback = None
     if cfg.decision_log.directory:
         d = cfg.decision_log

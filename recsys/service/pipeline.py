@@ -265,6 +265,9 @@ class Pipeline:
                 reasons.append(f"{lv}:unexpected:{type(e).__name__}")
         else:  # every listed level failed: the static list is the floor
             level, ranked = "static", self._static(bs, drop)
+        if len(ranked) < 2 * req.k and level != "static":  # short of k (caps may skip some): backfill from the static list
+            have = set(ranked)
+            ranked = ranked + [i for i in self._static(bs, drop) if i not in have]
         if self.cfg.diversity.method == "category_caps" and bs.catalogue is not None:
             ranked = category_cap_order(ranked, bs.catalogue.category, self.cfg.diversity.max_per_category)
         decision_id = uuid.uuid4().hex

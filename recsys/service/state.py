@@ -37,6 +37,8 @@ class State(Protocol):
     def set_consent(self, user: str, granted: bool) -> None: ...
     def forget_user(self, user: str) -> None: ...
     def recent_items(self, user: str, n: int) -> list[str]: ...
+    def warm(self, users: Sequence[str], items: Sequence[str], weights: Sequence[float], keep: int,
+             tag: str) -> bool: ...
     def add_event(self, user: str | None, item: str, weight: float, click: bool, segment: str | None,
                   keep: int) -> None: ...
     def popular(self, segment: str | None, n: int) -> list[str]: ...
@@ -87,6 +89,15 @@ class InProcessState:
 
     def recent_items(self, user: str, n: int) -> list[str]:
         return list(self.recent.get(user, ()))[:n]
+
+    def warm(self, users: Sequence[str], items: Sequence[str], weights: Sequence[float], keep: int,
+             tag: str) -> bool:
+        """Recent items (events in time order) and popularity from an event store."""
+        with self._lock:
+            for u, i, w in zip(users, items, weights):
+                self.recent.setdefault(u, deque(maxlen=keep)).appendleft(i)
+                self.pop[None][i] += w
+        return True
 
     def add_event(self, user: str | None, item: str, weight: float, click: bool, segment: str | None,
                   keep: int) -> None:
@@ -253,6 +264,33 @@ class RedisState:
                 pipe.zincrby(self.p + f"pop:{segment}", weight, item)
             pipe.execute()
         self._call(run)
+
+    def warm(self, users: Sequence[str], items: Sequence[str], weights: Sequence[float], keep: int,
+             tag: str) -> bool:
+        """Recent items and popularity from an event store (events in time order),
+        once per ``tag`` (the file's checksum) for every replica sharing the server;
+        False when another replica did it already."""
+        def run() -> bool:
+            if not self.r.set(self.p + f"warmed:{tag}", "1", nx=True):
+                return False
+            pipe = self.r.pipeline(transaction=False)
+            last: dict[str, list[str]] = {}
+            pop: dict[str, float] = {}
+            for u, i, w in zip(users, items, weights):
+                last.setdefault(u, []).append(i)
+                pop[i] = pop.get(i, 0.0) + float(w)
+            for n, (u, its) in enumerate(last.items()):
+                pipe.lpush(self.p + f"recent:{u}", *its[-keep:])
+                pipe.ltrim(self.p + f"recent:{u}", 0, keep - 1)
+                if n % 1000 == 999:
+                    pipe.execute()
+            for n, (i, w) in enumerate(pop.items()):
+                pipe.zincrby(self.p + "pop:", w, i)
+                if n % 1000 == 999:
+                    pipe.execute()
+            pipe.execute()
+            return True
+        return self._call(run)
 
     def publish_event(self, event: dict[str, Any], maxlen: int = 1_000_000) -> None:
         """Append a behavioural event to the shared stream every replica applies
