@@ -13,7 +13,6 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # switching EXTRAS in one venv first removes the other builds of faiss / onnxruntime
 OTHER_BUILDS := $(if $(findstring gpu,$(EXTRAS)),faiss-cpu onnxruntime,faiss-gpu-cu12 onnxruntime-gpu)
-PYTEST_ARGS ?=
 
 .PHONY: demo test lint venv clean
 
@@ -31,9 +30,14 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/mypy recsys
+
+# two pytest workers (pytest-xdist), a test file stays on one worker (module fixtures are built once)
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 
 test: $(STAMP) lint
-	WANDB_MODE=offline $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache runs outputs multirun .pytest_cache

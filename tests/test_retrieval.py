@@ -423,6 +423,8 @@ def test_cli_build_query_tune(tmp_path, run_dir):
     t = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert [p["params"]["nprobe"] for p in t["points"]] == [1, 4, 32] and t["chosen"] is not None
     assert "fastest with recall@10 >= 0.95" in r.stdout
+    png = tmp_path / "t" / "frontier.png"  # the recall/QPS frontier plot, its path printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"frontier plot: {png}" in r.stdout
 
 
 @pytest.mark.parametrize("args,phrase", [
@@ -460,6 +462,7 @@ def test_cli_bench_small(tmp_path):
     assert s["results"][0]["speedup_vs_exact"] == 1.0
     assert s["wrapper_overhead"] > 0 and s["wrapper_overhead_detail"]["same_results"]
     assert not (tmp_path / "bench" / "_bench_bundle").exists()
+    assert (tmp_path / "bench" / "frontier.png").stat().st_size > 1000 and s["plot"].endswith("frontier.png")
 
 
 def test_two_tower_writer_output_builds_and_queries(tmp_path, world):

@@ -78,7 +78,7 @@ def _manifest_kind(directory: Path) -> tuple[str | None, str | None]:
     if not isinstance(m, dict):
         return None, None
     fmt = m.get("format")
-    return fmt, m.get("kind", DEFAULT_KIND.get(fmt))
+    return fmt, m.get("kind", DEFAULT_KIND.get(fmt) if isinstance(fmt, str) else None)
 
 
 def check_output_target(out_dir: str | Path, *, format: str, kind: str, overwrite: bool = False) -> None:

@@ -292,5 +292,6 @@ def read_seen(path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
     for c in ("user_id", "item_id"):
         if c not in t.column_names:
             raise DataError(f, f"missing column (have {t.column_names})", column=c)
-    return tuple(np.asarray(t.column(c).cast(pa.string()).to_numpy(zero_copy_only=False)).astype(str)
-                 for c in ("user_id", "item_id"))
+    users, items = (np.asarray(t.column(c).cast(pa.string()).to_numpy(zero_copy_only=False)).astype(str)
+                    for c in ("user_id", "item_id"))
+    return users, items

@@ -1,6 +1,7 @@
 """Helpers shared by the commands: build data from config, write summaries."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,33 @@ def load_data(cfg: DictConfig) -> tuple[PreparedData, float]:
     data = prepare(loader, cfg.paths.cache_dir, cfg.data.name, event_types=events,
                    min_value=cfg.data.get("min_value"))
     return data, time.perf_counter() - t0
+
+
+def split_data(cfg: DictConfig, data: PreparedData) -> Any:
+    """``cfg.split`` applied to ``data``; a leave-one-out split of data with real
+    timestamps prints one ``warning:`` line on stderr naming the temporal preset of
+    the chosen experiment (``<experiment>_temporal`` where it exists, else
+    ``split=temporal``) and records it in ``split.info["warnings"]``."""
+    from recsys.data.splits import loo_leakage_warning
+
+    split = instantiate(cfg.split).split(data)
+    msg = loo_leakage_warning(data, split.info, _temporal_choice())
+    if msg:
+        print(f"warning: {msg}", file=sys.stderr)
+        split.info["warnings"] = [*split.info.get("warnings", []), msg]
+    return split
+
+
+def _temporal_choice() -> str:
+    """``experiment=<chosen>_temporal`` when that preset exists, else ``split=temporal``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from recsys.cli.config import config_dir
+
+    exp = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    if exp and (config_dir() / "experiment" / f"{exp}_temporal.yaml").is_file():
+        return f"experiment={exp}_temporal"
+    return "split=temporal"
 
 
 def data_lineage(data: PreparedData) -> dict[str, Any]:

@@ -5,18 +5,22 @@ import os
 from pathlib import Path
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+#: the config tree ships inside the package (``recsys/configs``), so a wheel finds it
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def project_root() -> Path:
-    """The source checkout (editable install), else the working directory."""
-    if (_PACKAGE_ROOT / "configs").is_dir():
+    """The source checkout (editable install), else the working directory: where
+    ``runs/``, ``.cache/`` and ``export/`` go by default."""
+    if (_PACKAGE_ROOT / "pyproject.toml").is_file() and (_PACKAGE_ROOT / "recsys").is_dir():
         return _PACKAGE_ROOT
     return Path.cwd()
 
 
 def config_dir() -> Path:
+    """``RECSYS_CONFIG_DIR`` when set, else the package's own config tree."""
     env = os.environ.get("RECSYS_CONFIG_DIR")
-    return Path(env).resolve() if env else project_root() / "configs"
+    return Path(env).resolve() if env else PACKAGE_CONFIGS
 
 
 def register_resolvers() -> None:

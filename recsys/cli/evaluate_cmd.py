@@ -6,7 +6,7 @@ import time
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from recsys.cli.common import data_lineage, format_table, load_data, write_summary
+from recsys.cli.common import data_lineage, format_table, load_data, split_data, write_summary
 from recsys.utils.seed import seed_everything
 
 
@@ -16,7 +16,7 @@ def evaluate(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     data, prep_s = load_data(cfg)
-    split = instantiate(cfg.split).split(data)
+    split = split_data(cfg, data)
     model = instantiate(cfg.model)
     result = evaluate_split(model, data, split, instantiate(cfg.evaluation))
     timings = {"prepare_s": prep_s, **result.pop("timings"), "total_s": time.perf_counter() - t0}

@@ -79,7 +79,7 @@ def query(cfg: DictConfig) -> dict:
 def tune(cfg: DictConfig) -> dict:
     import faiss
 
-    from recsys.retrieval.report import sweep_lines
+    from recsys.retrieval.report import plot_frontier, sweep_lines
     from recsys.retrieval.tune import frontier, pick, query_grid, reference_queries, sweep
     from recsys.serving.index import IndexRuntime
 
@@ -97,6 +97,10 @@ def tune(cfg: DictConfig) -> dict:
     result = {"bundle": str(bundle), "index": factory, "points": points, "frontier": front, "chosen": chosen,
               "queries": {"n": len(queries), "source": source}, "threads": int(cfg.threads),
               "seconds": time.perf_counter() - t0}
+    plot = plot_frontier(Path(cfg.paths.output_dir) / "frontier.png", {factory: points}, k,
+                         min_recall=float(cfg.min_recall))
+    result["plot"] = str(plot)
+    print(f"frontier plot: {plot}")
     path = write_summary(cfg, {"command": "index tune", **result})
     print(f"summary: {path}")
     return result
@@ -112,6 +116,12 @@ def bench(cfg: DictConfig) -> dict:
                     seed=int(b.seed), repeats=int(b.repeats), workdir=cfg.paths.output_dir,
                     generator=OmegaConf.to_container(b.generator, resolve=True))
     print("\n".join(report_lines(res)))
+    from recsys.retrieval.report import plot_frontier
+
+    curves = {r["index"]: r["sweep"] for r in res["results"] if r.get("sweep")}
+    res["plot"] = str(plot_frontier(Path(cfg.paths.output_dir) / "frontier.png", curves, int(b.k),
+                                    exact_qps=res["exact_qps"], min_recall=float(b.min_recall)))
+    print(f"frontier plot: {res['plot']}")
     argv = " ".join(["recsys", "index", "bench", *sys.argv[1:]])
     path = write_summary(cfg, {"command": "index bench", "argv": argv, **res})
     print(f"summary: {path}")

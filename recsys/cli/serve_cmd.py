@@ -43,3 +43,40 @@ def serve(cfg: DictConfig) -> dict:
         uvicorn.run("recsys.service.app:app_from_env", factory=True, host=str(cfg.host), port=int(cfg.port),
                     workers=workers, log_level=str(cfg.log_level))
     return info
+
+
+def _flat(prefix: str, node: object) -> list[str]:
+    """Hydra overrides ``prefix.key=value`` for every leaf of a nested mapping."""
+    if isinstance(node, dict):
+        return [o for k, v in node.items() for o in _flat(f"{prefix}.{k}", v)]
+    return [f"{prefix}={json.dumps(node) if isinstance(node, (list, bool)) or node is None else node}"]
+
+
+def bench(cfg: DictConfig) -> dict:
+    """``recsys serve bench``: open-loop load on ``recsys serve`` (recsys.bench.serve)."""
+    import sys
+    from pathlib import Path
+
+    from hydra import compose
+
+    from recsys.bench.serve import BenchPlan, FixtureSpec, fixtures, given_bundles, report_lines, run_bench
+
+    out = Path(cfg.paths.output_dir)
+    plan = BenchPlan(**OmegaConf.to_container(cfg.load, resolve=True))
+    bundles = given_bundles(**OmegaConf.to_container(cfg.bundles, resolve=True))  # a named path that is missing stops here
+    if bundles is None:
+        spec = FixtureSpec(**OmegaConf.to_container(cfg.fixtures, resolve=True))
+        bundles = fixtures(spec, out, Path(cfg.paths.cache_dir) if cfg.cache else None)
+    overrides = [f"serve.bundles.{k}={bundles[k]}" for k in ("index", "ranker", "catalogue", "users") if bundles[k]]
+    overrides += _flat("serve", OmegaConf.to_container(cfg.serve, resolve=True)) + list(cfg.serve_overrides)
+    try:  # the service's own config, composed the way `recsys serve` composes it, for the in-process pipeline
+        scfg = compose("serve", overrides=[*overrides, f"serve.decision_log.directory={out / 'inprocess_log'}"])
+    except Exception as e:  # hydra's override / composition errors
+        raise RecsysError(f"serve / serve_overrides: {str(e).splitlines()[0]}") from None
+    res = run_bench(plan, bundles, overrides, OmegaConf.to_container(scfg.serve, resolve=True), out,
+                    redis_url=cfg.redis_url)
+    print("\n".join(report_lines(res)))
+    argv = " ".join(["recsys", "serve", "bench", *sys.argv[1:]])
+    path = write_summary(cfg, {"command": "serve bench", "argv": argv, **res})
+    print(f"summary: {path}")
+    return res

@@ -13,7 +13,13 @@ checkpoint a run saves), loadable with ``weights_only=True``. ``summary.json``'s
 ``timings`` report ``epochs_run`` (epochs trained by this command) and
 ``epochs_total`` (including the epochs of the checkpoint it resumed from;
 ``resumed_from`` names that checkpoint and its digest). A run that trains zero
-optimizer steps (no training batches) fails instead of writing a summary."""
+optimizer steps (no training batches) fails instead of writing a summary.
+
+Return value (what Hydra's sweepers optimise): the ``val/*`` and ``test/*`` metrics as a
+dict, or, with ``optimized_metric=<name>`` (set by ``configs/hparams_search/*``, e.g.
+``val/ndcg@10``), that metric alone as a float: ``recsys train -m
+hparams_search=sasrec_optuna`` hands it to the Optuna sweeper, which writes the best
+params and value to ``<sweep dir>/optimization_results.yaml``."""
 from __future__ import annotations
 
 import time
@@ -23,7 +29,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.cli.common import build_sequence_model, build_trainer, data_lineage, format_table, load_data, write_summary
+from recsys.cli.common import (build_sequence_model, build_trainer, data_lineage, format_table, load_data,
+                               split_data, write_summary)
 
 TABLE = [f"test/{m}" for m in ("hr@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr")]
 
@@ -54,9 +61,25 @@ def fit_two_tower(cfg: DictConfig, data: Any, split: Any, out: Path) -> dict[str
 PIPELINES = {"sequence": fit_sequence, "two_tower": fit_two_tower}
 
 
-def train(cfg: DictConfig) -> dict:
+def objective(cfg: DictConfig, results: dict[str, Any]) -> dict[str, Any] | float:
+    """``results``, or the value of ``cfg.optimized_metric`` when it is set (a sweep's objective)."""
+    from recsys.utils.errors import RecsysError
+
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return results
+    if not str(name).startswith("val/"):  # checked before training too; tuning on test/* would leak
+        raise RecsysError(f"optimized_metric={name}: expected a validation metric (val/<name>, e.g. val/ndcg@10)")
+    if name not in results:
+        raise RecsysError(f"optimized_metric={name}: not a metric of this run; "
+                          f"expected one of: {', '.join(sorted(k for k in results if k.startswith('val/')))}")
+    return float(results[name])
+
+
+def train(cfg: DictConfig) -> dict[str, Any] | float:
     import pytorch_lightning as L
 
+    objective(cfg, {cfg.optimized_metric: 0.0} if cfg.get("optimized_metric") else {})  # its name, before training
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     t0 = time.perf_counter()
@@ -65,7 +88,7 @@ def train(cfg: DictConfig) -> dict:
 
         verify_checkpoint(cfg.resume, "resume")
     data, prep_s = load_data(cfg)
-    split = instantiate(cfg.split).split(data)
+    split = split_data(cfg, data)
     pipeline = cfg.get("pipeline") or "sequence"
     if pipeline not in PIPELINES:
         from recsys.utils.errors import RecsysError
@@ -74,7 +97,7 @@ def train(cfg: DictConfig) -> dict:
     info = PIPELINES[pipeline](cfg, data, split, out)
     results = info["metrics"]
     if info["rank"] != 0:
-        return results
+        return objective(cfg, results)
     timings = {"prepare_s": prep_s, **info["timings"], "total_s": time.perf_counter() - t0}
     print(format_table({info["model"]: results}, TABLE))
     path = write_summary(cfg, {"command": "train", "model": info["model"], **results,
@@ -82,4 +105,4 @@ def train(cfg: DictConfig) -> dict:
                                "resumed_from": info.get("resumed_from"),
                                "data": data_lineage(data), "split": split.info, "timings": timings})
     print(f"summary: {path}")
-    return results
+    return objective(cfg, results)

@@ -98,6 +98,11 @@ def _fail(path: str, row: int, csv: bool, column: str, message: str) -> DataErro
     return DataError(path, prefix + message, line=line, column=column)
 
 
+def _first_known(mask: np.ndarray) -> int:
+    """The first True of a mask known to have one."""
+    return int(np.flatnonzero(mask)[0])
+
+
 def _first(mask: np.ndarray) -> int | None:
     idx = np.flatnonzero(mask)
     return int(idx[0]) if len(idx) else None
@@ -125,14 +130,14 @@ def _numeric(table: pa.Table, src: str, path: str, csv: bool) -> np.ndarray:
 def _strings(table: pa.Table, src: str, path: str, csv: bool) -> np.ndarray:
     col = table.column(src)
     if col.null_count:
-        row = _first(np.asarray(col.is_null().to_numpy(zero_copy_only=False)))
+        row = _first_known(np.asarray(col.is_null().to_numpy(zero_copy_only=False)))
         raise _fail(path, row, csv, src, "missing value")
     if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise DataError(path, f"expected ids (integers or strings), got {col.type}", column=src)
     out = np.asarray(pc.cast(col, pa.string()).to_pylist(), dtype=object)
-    row = _first(out == "")
-    if row is not None:
-        raise _fail(path, row, csv, src, "missing value (empty id)")
+    empty = _first(out == "")
+    if empty is not None:
+        raise _fail(path, empty, csv, src, "missing value (empty id)")
     return out
 
 
@@ -242,7 +247,7 @@ def from_table(table: pa.Table, source: str = "<data>", *, csv: bool = False,
     missing = np.flatnonzero(counts == 0)
     if len(missing):
         bad_req = int(missing[0] // k)
-        example = _first(row == bad_req)
+        example = _first_known(row == bad_req)
         raise _fail(path, example, csv, mapping["position"],
                     f"request {req[example]!r} lacks position {missing[0] % k}; every request needs "
                     f"positions 0..{k - 1} exactly once")

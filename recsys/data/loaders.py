@@ -21,6 +21,7 @@ parquet     :class:`ParquetLoader`      a Parquet file or a directory of them
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def make_loader(path: str | Path, format: str, **loader_kwargs: Any) -> Loader:
     ``user_id``, ``item_id`` and (if present) ``timestamp``.
     """
     path = Path(path)
-    builders = {
+    builders: dict[str, Callable[[dict[str, Any]], Loader]] = {
         "seqtxt": lambda kw: SeqTxtLoader(path, **kw),
         "recbole": lambda kw: _recbole(path, kw),
         "csv": lambda kw: CsvLoader(path, **kw),

@@ -168,3 +168,23 @@ class TemporalSplit:
 
 def _has_any(users: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.bincount(users[mask], minlength=users.max() + 1) > 0
+
+
+def loo_leakage_warning(data: PreparedData, info: dict[str, Any], temporal: str = "split=temporal") -> str | None:
+    """One line when a leave-one-out split (``info`` of :class:`Split`) is used on
+    events read from files with recorded (unix) timestamps, else ``None``.
+
+    Such events share one global clock: a user's last item (the test target) can be
+    older than other users' training events, so the model learns from the future of
+    the moment it is tested at (popularity trends, new items). Sequences without
+    time (``timestamp_kind="ordinal"``, e.g. the S3-Rec Beauty/Toys files, where
+    leave-one-out is the published protocol) and generated data (no source files:
+    the synthetic world is stationary) get no warning. ``temporal`` names what to
+    switch to (a preset or ``split=temporal``).
+    """
+    if info.get("split") != "leave_one_out":
+        return None
+    if data.meta.get("timestamp_kind") != "unix" or not data.meta.get("sources"):
+        return None
+    return (f"leave-one-out split on '{data.name}', whose events carry real timestamps: test targets can predate "
+            f"other users' training events (leakage from the future); for a leakage-free estimate use {temporal}")

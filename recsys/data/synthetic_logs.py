@@ -138,7 +138,7 @@ def systematic_slates(p: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     cum = np.cumsum(p * k, axis=1)
     cum[:, -1] = k  # guard against rounding at the right end
     base = (np.arange(n, dtype=np.float64) * k)[:, None]
-    points = base + rng.random(n)[:, None] + np.arange(k)[None, :]  # (n, k)
+    points = base + rng.random((n, 1)) + np.arange(k)[None, :]  # (n, k)
     flat = np.searchsorted((cum + base).ravel(), points.ravel(), side="right")
     cols = flat.reshape(n, k) - (np.arange(n) * m)[:, None]
     order = np.argsort(rng.random((n, k)), axis=1)

@@ -178,9 +178,12 @@ def sample_size(mde_value: float, *, baseline_rate: float | None = None, std: fl
         return int(np.ceil(n / delta ** 2))
     if std is None:
         raise ValueError("give baseline_rate (binary metric) or std (continuous metric)")
-    if relative and baseline_mean is None:
-        raise ValueError("a relative MDE on a continuous metric needs baseline_mean")
-    delta = _effect(baseline_mean if relative else 1.0, mde_value, relative)
+    base = 1.0
+    if relative:
+        if baseline_mean is None:
+            raise ValueError("a relative MDE on a continuous metric needs baseline_mean")
+        base = baseline_mean
+    delta = _effect(base, mde_value, relative)
     return int(np.ceil((za + zb) ** 2 * 2 * std ** 2 * keep / delta ** 2))
 
 
@@ -211,7 +214,12 @@ def mde(n_per_arm: float, *, baseline_rate: float | None = None, std: float | No
     def gap(d: float) -> float:
         return float(power(n_per_arm, d, baseline_rate=baseline_rate, std=std, alpha=alpha,
                            two_sided=two_sided, variance_reduction=variance_reduction)) - power_target
-    hi = (1 - baseline_rate) * (1 - 1e-9) if baseline_rate is not None else 100.0 * float(std)
+    if baseline_rate is not None:
+        hi = (1 - baseline_rate) * (1 - 1e-9)
+    elif std is not None:
+        hi = 100.0 * float(std)
+    else:
+        raise ValueError("give baseline_rate (binary metric) or std (continuous metric)")
     if gap(hi) < 0:
         return float("nan")
     return float(optimize.brentq(gap, 1e-12, hi, xtol=1e-12))
@@ -287,8 +295,12 @@ def plan_sample_size(*, baseline_rate: float | None, std: float | None, baseline
     n = sample_size(mde, relative=relative, alpha=alpha_c, power_target=power, two_sided=two_sided,
                     variance_reduction=variance_reduction, **kw)
     base = baseline_rate if binary else baseline_mean
+    mde_absolute = mde
+    if relative:
+        assert base is not None  # sample_size refuses a relative MDE without a baseline
+        mde_absolute = mde * base
     out = {"metric": "binary" if binary else "continuous", "baseline": base, "mde": mde,
-           "mde_kind": "relative" if relative else "absolute", "mde_absolute": mde * base if relative else mde,
+           "mde_kind": "relative" if relative else "absolute", "mde_absolute": mde_absolute,
            "alpha": alpha, "alpha_per_comparison": alpha_c, "power": power, "two_sided": two_sided,
            "arms": arms, "variance_reduction": variance_reduction, "n_per_arm": n, "n_total": n * arms}
     if daily_users:

@@ -242,7 +242,11 @@ def bootstrap(data: OPEData, clip: float | None = None, switch_tau: float = np.i
         for name, v in _from_sums(counts @ stats, k).items():
             values.setdefault(name, []).append(v.sum(axis=1))
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-    return {name: tuple(float(x) for x in np.nanpercentile(np.concatenate(v), q)) for name, v in values.items()}
+    out: dict[str, tuple[float, float]] = {}
+    for name, samples in values.items():
+        lo, hi = np.nanpercentile(np.concatenate(samples), q)
+        out[name] = (float(lo), float(hi))
+    return out
 
 
 def diagnose(data: OPEData, clip: float | None = None, min_support: float = 0.99,
@@ -253,6 +257,7 @@ def diagnose(data: OPEData, clip: float | None = None, min_support: float = 0.99
     w = weights(data, clip)
     r, k = w.shape
     ess = (w.sum(axis=0) ** 2 / np.maximum((w ** 2).sum(axis=0), 1e-300))
+    assert data.unsupported is not None  # __post_init__ fills every optional array
     unsupported = float(data.unsupported.sum(axis=1).mean() / k)
     raw = data.target_probs / data.propensities
     clipped = float((raw > clip).mean()) if clip is not None else 0.0

@@ -63,7 +63,7 @@ def plot_bench(path: str | Path, per_seed: Mapping[str, Sequence[float]], truth:
 
 
 def plot_alignment(path: str | Path, names: Sequence[str], truth: Sequence[float],
-                   columns: Mapping[str, Sequence[float]]) -> Path:
+                   columns: Mapping[str, Sequence[float] | np.ndarray]) -> Path:
     """One panel per metric (offline NDCG, OPE estimates): metric vs the true online value."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.5), squeeze=False)
@@ -76,7 +76,7 @@ def plot_alignment(path: str | Path, names: Sequence[str], truth: Sequence[float
     return _save(fig, path)
 
 
-def plot_regret(path: str | Path, curves: Mapping[str, Sequence[float]]) -> Path:
+def plot_regret(path: str | Path, curves: Mapping[str, Sequence[float] | np.ndarray]) -> Path:
     """Cumulative regret against the oracle slate, one line per policy."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))

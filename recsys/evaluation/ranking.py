@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from recsys.utils.progress import progress
 from recsys.utils.sparse import CSR
 
 #: ``score_fn(users, history) -> scores``: users ``(B,)`` int64, the users'
@@ -100,7 +101,8 @@ def evaluate_ranking(
     per_user: dict[str, list[np.ndarray]] = {}
     tops: list[np.ndarray] = []
     rows = np.flatnonzero(has_target) if not top_k else np.arange(n_users)
-    for start in range(0, len(rows), batch_size):
+    for start in progress(range(0, len(rows), batch_size), f"evaluate {len(rows)} users",
+                          total=-(-len(rows) // batch_size)):
         chunk = rows[start : start + batch_size]
         hist = history.take(chunk)
         scores = _scores(score_fn, users[chunk], hist, n_items, device)
@@ -111,8 +113,8 @@ def evaluate_ranking(
         if not keep.any():
             continue
         tgt = targets.take(chunk[keep])
-        values = chunk_metrics(scores[torch.as_tensor(keep, device=device)], tgt, ks, ties=ties)
-        for name, v in values.items():
+        chunk_values = chunk_metrics(scores[torch.as_tensor(keep, device=device)], tgt, ks, ties=ties)
+        for name, v in chunk_values.items():
             per_user.setdefault(name, []).append(v.cpu().numpy())
 
     values = {name: np.concatenate(v) for name, v in per_user.items()}

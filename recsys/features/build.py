@@ -20,6 +20,7 @@ from recsys.features.identity import resolve_identities
 from recsys.features.online import OnlineFeatures
 from recsys.features.retention import apply_ttl
 from recsys.utils.io import write_json_atomic
+from recsys.utils.progress import progress
 
 
 def build_features(events: str | pl.DataFrame, items: str | pl.DataFrame | None, fs: FeatureSet, out: Path, *,
@@ -65,7 +66,7 @@ def build_features(events: str | pl.DataFrame, items: str | pl.DataFrame | None,
     if online_state:
         online = OnlineFeatures(fs, params)
         ordered = lf.filter(pl.col("timestamp") < as_of).sort("timestamp", maintain_order=True).collect()
-        for s in range(0, ordered.height, 8192):
+        for s in progress(range(0, ordered.height, 8192), "features: online replay", total=-(-ordered.height // 8192)):
             online.update(ordered.slice(s, 8192))
         online.save(out / "online_state")
     return manifest

@@ -40,9 +40,10 @@ class FeatureArch(nn.Module):
             raise ValueError("a ranker needs at least one categorical feature")
         self.categorical = sorted(vocab_sizes)
         self.dense = list(dense_features)
-        self.embeddings = nn.ModuleDict({n: nn.Embedding(int(vocab_sizes[n]), embedding_dim) for n in self.categorical})
-        for emb in self.embeddings.values():
+        embeddings = {n: nn.Embedding(int(vocab_sizes[n]), embedding_dim) for n in self.categorical}
+        for emb in embeddings.values():
             nn.init.normal_(emb.weight, std=0.05)
+        self.embeddings = nn.ModuleDict(embeddings)
         self.out_dim = len(self.categorical) * embedding_dim + len(self.dense)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -58,10 +59,11 @@ class CrossNetwork(nn.Module):
 
     def __init__(self, dim: int, n_layers: int):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
-        for layer in self.layers:
+        layers = [nn.Linear(dim, dim) for _ in range(n_layers)]
+        for layer in layers:
             nn.init.xavier_uniform_(layer.weight, gain=0.5)
             nn.init.zeros_(layer.bias)
+        self.layers = nn.ModuleList(layers)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         x = x0

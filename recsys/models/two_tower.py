@@ -26,14 +26,17 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 ID = "id"
-SpecT = TypeVar("SpecT")
+SpecT = TypeVar("SpecT", bound="DataclassInstance")
 
 
 def hash_bucket(key: str, n_buckets: int) -> int:

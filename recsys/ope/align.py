@@ -13,6 +13,7 @@ from recsys.ope.evaluate import EstimatorOptions, crossfit
 from recsys.ope.setup import Setup, model_scores, true_value
 from recsys.policies import ScorePolicy
 from recsys.utils.errors import RecsysError
+from recsys.utils.progress import progress
 
 if TYPE_CHECKING:
     from recsys.training.baselines import EvalOptions
@@ -43,7 +44,7 @@ def run_align(s: Setup, variants: Mapping[str, Callable[[], Any]], eval_opts: Ev
     cf = crossfit(log, opts, seed)
     metric = f"test/ndcg@{k}"
     rows: dict[str, dict[str, float]] = {}
-    for name, build in variants.items():
+    for name, build in progress(variants.items(), "ope align (variants)", total=len(variants)):
         model = build()
         res = evaluate_split(model, s.data, s.split, eval_opts)  # fits on the train split
         pol = ScorePolicy(model_scores(model, s), s.n_actions, s.slate_size, "topk")

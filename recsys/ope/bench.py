@@ -14,6 +14,7 @@ from recsys.evaluation import ope as O
 from recsys.ope.evaluate import EstimatorOptions, crossfit
 from recsys.ope.setup import Setup, support_fn, true_value
 from recsys.utils.errors import RecsysError
+from recsys.utils.progress import progress
 
 
 def run_bench(s: Setup, policy: Any, info: dict[str, Any], opts: EstimatorOptions, n_seeds: int,
@@ -37,7 +38,7 @@ def run_bench(s: Setup, policy: Any, info: dict[str, Any], opts: EstimatorOption
     covered: dict[str, list[bool]] = {}
     width: dict[str, list[float]] = {}
     ess = []
-    for seed in range(n_seeds):
+    for seed in progress(range(n_seeds), "ope bench (seeds)"):
         log = synthetic_bandit_log(resample_impressions(world, n_requests, seed + seed_offset))
         d = crossfit(log, opts, seed).ope_data(policy.probs, support_fn(s, opts.support_eps))
         res = O.estimate_all(d, opts.clip_value, float(opts.switch_tau), opts.n_bootstrap, opts.alpha, seed)
@@ -47,8 +48,8 @@ def run_bench(s: Setup, policy: Any, info: dict[str, Any], opts: EstimatorOption
             covered.setdefault(name, []).append(e.covers(truth))
             width.setdefault(name, []).append(e.ci_high - e.ci_low)
     rows = {}
-    for name, v in per_seed.items():
-        v = np.asarray(v)
+    for name, values in per_seed.items():
+        v = np.asarray(values)
         rows[name] = {"mean": float(v.mean()), "bias": float(v.mean() - truth),
                       "rmse": float(np.sqrt(((v - truth) ** 2).mean())),
                       "rel_error": float((np.abs(v - truth) / truth).mean()),

@@ -28,6 +28,7 @@ from recsys.retrieval.bundle import METRIC_TYPES, load_manifest, normalize_rows,
 from recsys.artifacts.embeddings import read_item_embeddings, read_seen, read_user_embeddings
 from recsys.retrieval.gpu import TorchExactIndex, gpu_supports, select_backend, to_faiss_gpu
 from recsys.utils.errors import DataError, RecsysError
+from recsys.utils.progress import progress
 
 
 @dataclass
@@ -104,7 +105,7 @@ def build_index(vectors: np.ndarray, spec: IndexSpec, metric: str = "ip", *, bac
         m = min(n, spec.train_size or ivf_cap, ivf_cap)
         sample = vectors if m >= n else vectors[np.sort(rng.choice(n, m, replace=False))]
         index.train(np.ascontiguousarray(sample))
-    for s in range(0, n, add_batch):
+    for s in progress(range(0, n, add_batch), f"index add ({factory})", total=-(-n // add_batch)):
         index.add(np.ascontiguousarray(vectors[s:s + add_batch]))
     if gpu_res is not None:
         index = faiss.index_gpu_to_cpu(index)

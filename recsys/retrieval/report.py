@@ -54,3 +54,34 @@ def sweep_lines(points: list[dict[str, Any]], front: list[dict[str, Any]], chose
     else:
         lines.append(f"no point reaches recall@{k} >= {min_recall}: widen the grid")
     return lines
+
+
+def plot_frontier(path: str | Path, curves: dict[str, list[dict[str, Any]]], k: int = 10,
+                  exact_qps: float | None = None, min_recall: float | None = None) -> Path:
+    """The recall@k / queries-per-second trade-off of each sweep in ``curves``
+    (label -> points of :func:`recsys.retrieval.tune.sweep`), one line per label in
+    recall order, as a PNG at ``path`` (atomic write); exact search as a dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recsys.utils.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        pts = sorted(points, key=lambda p: p[f"recall@{k}"])
+        ax.plot([p[f"recall@{k}"] for p in pts], [p["qps"] for p in pts], "o-", ms=4, label=label)
+    if exact_qps:
+        ax.axhline(exact_qps, color="k", ls=":", lw=1, label=f"exact ({exact_qps:.0f} q/s)")
+    if min_recall is not None:
+        ax.axvline(min_recall, color="grey", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"recall@{k} vs exact search")
+    ax.set_ylabel("queries / s")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

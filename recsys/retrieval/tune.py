@@ -18,6 +18,7 @@ import numpy as np
 from recsys.retrieval.build import exact_search, held_out_queries, recall_at_k
 from recsys.retrieval.bundle import IndexBundle, set_search_params
 from recsys.utils.errors import RecsysError
+from recsys.utils.progress import progress
 
 
 def time_search(search, queries: np.ndarray, k: int, repeats: int = 3, batch: int | None = None,
@@ -42,7 +43,8 @@ def sweep(index: faiss.Index, queries: np.ndarray, exact_rows: np.ndarray, grid:
     """One point per combination of ``grid`` values: params, recall@k, qps, ms/query."""
     names = list(grid)
     points = []
-    for values in itertools.product(*(grid[n] for n in names)) if names else [()]:
+    combos = list(itertools.product(*(grid[n] for n in names))) if names else [()]
+    for values in progress(combos, "index tune"):
         params = dict(zip(names, values))
         set_search_params(index, params)
         secs, rows = time_search(index.search, queries, k, repeats=repeats)

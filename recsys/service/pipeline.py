@@ -204,8 +204,10 @@ class Pipeline:
         scores = {cands[j]: float(p[j]) for j in order}
         d = self.cfg.diversity
         if d.method == "mmr":
-            vecs = idx.item_vectors(idx.item_rows(ranked))  # (m, D) stored vectors
-            ranked = mmr_order(ranked, np.array([scores[i] for i in ranked]), vecs, len(ranked), d.mmr_lambda)
+            vecs = idx.item_vectors(idx.item_rows(ranked[: max(4 * req.k, 50)]))  # (m, D) stored vectors
+            head = min(len(ranked), max(4 * req.k, 50))  # what caps can look at; the tail keeps its rank order
+            ranked = mmr_order(ranked[:head], np.array([scores[i] for i in ranked[:head]]), vecs[:head], head,
+                               d.mmr_lambda) + ranked[head:]
         return ranked, scores
 
     def _popular(self, bs: BundleSet, segment: str | None, drop: set[str], lat: dict[str, float]) -> list[str]:

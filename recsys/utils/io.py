@@ -79,7 +79,8 @@ def clean_stale_temps(target: str | Path) -> list[Path]:
     whose writer process is gone, and ``.<name>.old`` leftovers of an interrupted
     swap. Returns what was removed."""
     target = Path(target)
-    parent, removed = target.parent, []
+    parent = target.parent
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     prefix = f".{target.name}."

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys.data.base import LoadedData
+from recsys.data.base import LoadedData, TimestampKind
 from recsys.data.formats._common import (
     NUMERIC_COLUMNS,
     build_events,
@@ -174,7 +174,7 @@ class RecBoleLoader:
         users = read_side_table(self.user_path, USER_ID) if self.user_path else None
         return LoadedData(events=events, items=items, users=users, timestamp_kind=kind)
 
-    def _events(self) -> tuple[pa.Table, str]:
+    def _events(self) -> tuple[pa.Table, TimestampKind]:
         path = self.inter_path
         atomic = open_atomic(path)
         mapping, soft = resolve_mapping(path, self.columns, DEFAULT_COLUMNS)
@@ -188,7 +188,7 @@ class RecBoleLoader:
         atomic.text.check_no_repeated_header(table, atomic.names, mapping[USER_ID])
         cols: dict[str, Any] = {canon: table.column(src) for canon, src in mapping.items()}
         validate_events(path, cols, mapping, text_locate())
-        kind = "unix"
+        kind: TimestampKind = "unix"
         if TIMESTAMP not in cols:
             cols[TIMESTAMP], kind = ordinal_timestamps(cols[USER_ID]), "ordinal"
         return build_events(cols, table.num_rows, self.event_type), kind

@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.data.base import LoadedData
+from recsys.data.base import LoadedData, TimestampKind
 from recsys.data.formats._common import (
     NUMERIC_COLUMNS,
     Locate,
@@ -49,7 +49,7 @@ def canonical_columns(
 
 
 def _finish(cols: dict[str, Any], n_rows: int, event_type: str) -> LoadedData:
-    kind = "unix"
+    kind: TimestampKind = "unix"
     if TIMESTAMP not in cols:
         cols[TIMESTAMP], kind = ordinal_timestamps(cols[USER_ID]), "ordinal"
     return LoadedData(events=build_events(cols, n_rows, event_type), timestamp_kind=kind)
