@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recsys.cli.config import config_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "extending.md"
+CONFIGS = config_dir().relative_to(ROOT)  # where the package's config tree lives in the checkout
 BLOCK = re.compile(r"^```(?:python|yaml)\n((?:# @package \S+\n)?# (\S+)(?: — add to (\w+):)?\n.*?)^```",
                    re.M | re.S)
 
@@ -24,7 +27,7 @@ def doc_blocks() -> list[tuple[str, str | None, str]]:
 def apply_blocks(repo: Path) -> list[str]:
     done = []
     for path, registry, text in doc_blocks():
-        target = repo / path
+        target = repo / re.sub(r"^(recsys/)?configs/", f"{CONFIGS.as_posix()}/", path)
         if registry is None:  # a new file, written as shown
             assert not target.exists(), f"the doc's {path} already exists in the project"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -41,8 +44,8 @@ def apply_blocks(repo: Path) -> list[str]:
 
 def test_doc_blocks_cover_every_step():
     paths = [p for p, _, _ in doc_blocks()]
-    assert paths == ["recsys/models/meanpool.py", "configs/net/meanpool.yaml", "recsys/artifacts/models.py",
-                     "recsys/export/encoders.py", "configs/experiment/meanpool_synthetic.yaml",
+    assert paths == ["recsys/models/meanpool.py", "recsys/configs/net/meanpool.yaml", "recsys/artifacts/models.py",
+                     "recsys/export/encoders.py", "recsys/configs/experiment/meanpool_synthetic.yaml",
                      "tests/test_meanpool.py"]
     assert "recsys train experiment=meanpool_synthetic" in DOC.read_text()
 
@@ -56,7 +59,8 @@ def test_worked_example_trains_in_a_copy(tmp_path):
     (repo / "tests").mkdir()
     (repo / "tests" / "__init__.py").write_text("")
     apply_blocks(repo)
-    env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "offline", "RECSYS_PROGRESS": "0",
+    env = {k: v for k, v in os.environ.items() if k != "RECSYS_CONFIG_DIR"}
+    env = {**env, "PYTHONPATH": str(repo), "WANDB_MODE": "offline", "RECSYS_PROGRESS": "0",
            "RECSYS_CACHE_DIR": str(tmp_path / "cache")}
 
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_meanpool.py"],

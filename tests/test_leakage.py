@@ -7,7 +7,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from recsys.data.splits import LeaveOneOut, TemporalSplit, loo_leakage_warning
-from tests.helpers import ROOT, prepared, run
+from recsys.cli.config import config_dir
+from tests.helpers import prepared, run
+
+CONFIGS = config_dir()
 
 ROWS = [(f"u{u}", f"i{(u * 7 + j) % 13}", 1_600_000_000.0 + 86_400 * (u + 3 * j)) for u in range(30) for j in range(6)]
 
@@ -50,13 +53,13 @@ def test_cli_warns_under_loo_not_under_temporal(tmp_path):
     assert "warning:" not in r.stderr and "test/ndcg@10" in r.stdout
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*_temporal.yaml")))
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONFIGS / "experiment").glob("*_temporal.yaml")))
 def test_temporal_presets_pair_a_base_preset(preset):
     """The warning names ``<experiment>_temporal``: each such preset is its base with
     the temporal split, and the data it reads carries time (not the ordinal seqtxt)."""
     base = preset.removesuffix("_temporal")
-    assert (ROOT / "configs" / "experiment" / f"{base}.yaml").is_file()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+    assert (CONFIGS / "experiment" / f"{base}.yaml").is_file()
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("train", [f"experiment={preset}"])
         base_cfg = compose("train", [f"experiment={base}"])
     assert cfg.split._target_ == "recsys.data.splits.TemporalSplit"
@@ -65,5 +68,5 @@ def test_temporal_presets_pair_a_base_preset(preset):
 
 
 def test_new_presets_exist():
-    names = {p.stem for p in (ROOT / "configs" / "experiment").glob("*_temporal.yaml")}
+    names = {p.stem for p in (CONFIGS / "experiment").glob("*_temporal.yaml")}
     assert {"sasrec_beauty_temporal", "sasrec_toys_temporal", "two_tower_ml100k_temporal"} <= names
