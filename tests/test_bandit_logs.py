@@ -105,14 +105,14 @@ def test_cli_ope_on_tiny_world_and_bad_log(tmp_path):
     assert summary["true_value"] > 0 and "rel_error" in summary["estimates"]["DR"]
     assert (tmp_path / "run" / "ope.png").stat().st_size > 0
     bad = _csv(tmp_path, _edit(1, 5, -0.1), name="bad.csv")
-    res = run("ope", f"logs={bad}", f"hydra.run.dir={tmp_path / 'run2'}", *small)
+    res = run("ope", f"logs={bad}", f"hydra.run.dir={tmp_path / 'run2'}")
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "bad.csv:3" in lines[0] and "propensity" in lines[0], res.stderr
 
 
 def test_ope_on_an_external_log_file(tmp_path):
-    """`recsys ope logs=<parquet>`: any log in the documented format, no world truth."""
+    """`recsys ope logs=<parquet> data=synthetic`: a log joined to a catalogue, no world truth."""
     import json
 
     import pyarrow.parquet as pq
@@ -125,7 +125,8 @@ def test_ope_on_an_external_log_file(tmp_path):
     log = tmp_path / "log.parquet"
     pq.write_table(synthetic_log_table(world).drop_columns(["category"]), log)
     out = tmp_path / "run"
-    res = run("ope", f"logs={log}", "policy=popularity", "data.n_users=300", "data.n_items=100",
+    res = run("ope", f"logs={log}", "policy=popularity", "data=synthetic", "data.n_users=300", "data.n_items=100",
+              "ope.n_bootstrap=50",
               f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     s = json.loads((out / "summary.json").read_text())

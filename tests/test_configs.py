@@ -50,7 +50,8 @@ def test_root_configs_compose(root):
 
 # which root config carries each group, and what an option needs to be built
 ROOT_OF = {"data": "evaluate", "split": "evaluate", "model": "evaluate", "evaluation": "evaluate",
-           "ranker": "rank_train", "index": "index_build", "features": "features_build", "policy": "ope"}
+           "ranker": "rank_train", "index": "index_build", "features": "features_build", "policy": "ope",
+           "registry": "registry"}
 PARTIAL = {"datamodule", "module"}  # need objects (split, net) that only exist at run time
 ARGS = {"net": {"n_items": 10}, "ranker": {"vocab_sizes": {"user": 5, "item": 7}, "dense_features": ["price_log"]}}
 

@@ -39,7 +39,7 @@ def _ope_stage(cfg: DictConfig) -> dict:
     s = build_setup(data, instantiate(cfg.split).split(data), load_world(data.extras_dir, data.extras))
     pol, info = build_policy(s, instantiate(OmegaConf.load(policy)), cfg.seed, base.warmup.n_requests,
                              base.warmup.batch_size)
-    out = evaluate_policy(s, pol, {"policy": cfg.ope_policy, **info}, EstimatorOptions(**base.ope), cfg.seed,
+    out = evaluate_policy(s, pol, {"policy": cfg.ope_policy, **info}, EstimatorOptions(**{**base.ope, **cfg.get("ope_options", {})}), cfg.seed,
                           Path(cfg.paths.output_dir) / "ope.png")
     print(policy_report(out))
     out["timings"]["total_s"] = time.perf_counter() - t0

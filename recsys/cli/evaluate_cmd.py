@@ -23,6 +23,10 @@ def evaluate(cfg: DictConfig) -> dict:
     model_name = type(model).__name__
     cols = [f"test/{m}" for m in ("hr@10", "ndcg@10", "recall@20", "ndcg@20", "mrr")]
     print(format_table({model_name: result}, cols))
+    if "fairness" in result:
+        from recsys.evaluation.fairness_report import format_fairness
+
+        print(format_fairness(result["fairness"], cfg.evaluation.fairness.get("table_metric")))
     path = write_summary(cfg, {"command": "evaluate", "model": model_name, **result,
                                "data": data_lineage(data), "split": split.info, "timings": timings})
     print(f"summary: {path}")

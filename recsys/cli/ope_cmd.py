@@ -4,6 +4,7 @@ regret`` (bandits online): compose -> instantiate -> :mod:`recsys.ope` -> print 
 summary.json. How OPE works is in ``recsys/ope/`` (start at its ``__init__``)."""
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -15,23 +16,40 @@ from omegaconf import DictConfig, OmegaConf
 from recsys.cli.common import data_lineage, load_data, write_summary
 from recsys.data.synthetic_source import load_world
 from recsys.evaluation import ope_report
-from recsys.ope import (EstimatorOptions, Setup, build_policy, build_setup, evaluate_policy, read_log, run_align,
-                        run_bench, run_regret)
+from recsys.data.bandit_logs import LogOptions
+from recsys.ope import (EstimatorOptions, Setup, build_log_setup, build_policy, build_setup, evaluate_policy,
+                        read_log, read_log_only, run_align, run_bench, run_regret)
 from recsys.utils.errors import RecsysError
 
 
+def _data_override() -> tuple[bool, list[str]]:
+    """Whether ``data=<name>`` was given on the command line, and any ``data.*`` overrides."""
+    task = list(HydraConfig.get().overrides.task)
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
+    return "data" in keys, [k for k in keys if k.startswith("data.")]
+
+
 def _setup(cfg: DictConfig) -> Setup:
-    """The prepared data, its split and the log: ``logs=<file>`` or the synthetic world's."""
+    """The log and its action set: ``logs=<file>`` alone (the log's items or ``catalogue=``),
+    ``logs=<file> data=<name>`` (joined to that catalogue), or the synthetic world's."""
+    has_data, data_keys = _data_override()
+    if cfg.get("logs"):
+        opts = LogOptions.from_mapping(OmegaConf.to_container(cfg.logs_options, resolve=True))  # type: ignore[arg-type]
+        if not has_data:
+            if data_keys:
+                raise RecsysError(f"{data_keys[0]}=... given with logs= but no data=<name>: name the catalogue to "
+                                  "join the log to (e.g. data=synthetic), or drop the data.* overrides to use the "
+                                  "log's own items")
+            return build_log_setup(read_log_only(cfg.logs, opts, cfg.get("catalogue")), cfg.get("catalogue"))
+        if cfg.get("catalogue"):
+            raise RecsysError("catalogue= and data= both given: the action set comes from one of them")
+        data, _ = load_data(cfg)
+        return build_setup(data, instantiate(cfg.split).split(data), None, read_log(cfg.logs, data, opts))
+    if cfg.get("catalogue"):
+        raise RecsysError("catalogue= needs logs=<file> (the synthetic world has its own catalogue)")
     data, _ = load_data(cfg)
     world = load_world(data.extras_dir, data.extras)
-    split = instantiate(cfg.split).split(data)
-    log = None
-    if cfg.get("logs"):
-        o = cfg.logs_options
-        log = read_log(cfg.logs, data, OmegaConf.to_container(o.columns) if o.columns else None,
-                       o.slate_size, o.binary_reward)
-        world = None  # an external log: no truth
-    return build_setup(data, split, world, log)
+    return build_setup(data, instantiate(cfg.split).split(data), world, None)
 
 
 def _policy(cfg: DictConfig, s: Setup) -> tuple[object, dict]:
@@ -41,7 +59,7 @@ def _policy(cfg: DictConfig, s: Setup) -> tuple[object, dict]:
 
 
 def _finish(cfg: DictConfig, command: str, out: dict, s: Setup, t0: float) -> dict:
-    out = {"command": command, **out, "data": data_lineage(s.data), "timings": {"total_s": time.perf_counter() - t0}}
+    out = {"command": command, **out, "data": data_lineage(s.data) if s.data is not None else None, "timings": {"total_s": time.perf_counter() - t0}}
     print(f"summary: {write_summary(cfg, out)}")
     return out
 
@@ -57,6 +75,8 @@ def ope(cfg: DictConfig) -> dict:
     pol, info = _policy(cfg, s)
     out = evaluate_policy(s, pol, info, EstimatorOptions(**cfg.ope), cfg.seed, _plot(cfg, "ope.png"))
     print(ope_report.policy_report(out))
+    for w in out["diagnostics"]["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     return _finish(cfg, "ope", out, s, t0)
 
 

@@ -37,11 +37,12 @@ def serve(cfg: DictConfig) -> dict:
 
     print(f"serving on http://{cfg.host}:{cfg.port} (API: /openapi.json, docs: /docs, metrics: /metrics)")
     if workers == 1:
-        uvicorn.run(create_app(scfg), host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.log_level))
+        uvicorn.run(create_app(scfg), host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.log_level),
+                    access_log=bool(cfg.access_log))
     else:  # each worker process builds its own app from the same config
         os.environ[CONFIG_ENV] = json.dumps(data)
         uvicorn.run("recsys.service.app:app_from_env", factory=True, host=str(cfg.host), port=int(cfg.port),
-                    workers=workers, log_level=str(cfg.log_level))
+                    workers=workers, log_level=str(cfg.log_level), access_log=bool(cfg.access_log))
     return info
 
 

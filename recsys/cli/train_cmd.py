@@ -100,7 +100,15 @@ def train(cfg: DictConfig) -> dict[str, Any] | float:
         return objective(cfg, results)
     timings = {"prepare_s": prep_s, **info["timings"], "total_s": time.perf_counter() - t0}
     print(format_table({info["model"]: results}, TABLE))
+    fairness = None
+    if cfg.get("fairness") is not None and cfg.fairness.enabled and info.get("test_per_user") is not None:
+        from recsys.evaluation.fairness_report import format_fairness, split_fairness
+
+        fairness = split_fairness(data, split, info["test_per_user"], info.get("test_top_items"),
+                                  instantiate(cfg.fairness))
+        print(format_fairness(fairness, cfg.fairness.get("table_metric")))
     path = write_summary(cfg, {"command": "train", "model": info["model"], **results,
+                               **({"fairness": fairness} if fairness is not None else {}),
                                "best_checkpoint": info["best_checkpoint"], "artifacts": info["artifacts"],
                                "resumed_from": info.get("resumed_from"),
                                "data": data_lineage(data), "split": split.info, "timings": timings})

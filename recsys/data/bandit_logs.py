@@ -7,22 +7,30 @@ each canonical name to the file's column; defaults in :data:`DEFAULT_COLUMNS`):
 =================  ========================================================  ========
 canonical          meaning                                                   required
 =================  ========================================================  ========
-request_id         groups the rows of one slate (int or string)              yes
-user_id            the user / context id (string or int)                     yes
+request_id         groups the rows of one slate (int or string); mapped to   yes (or
+                   null: every row is its own round (one impression per      null)
+                   row), the position then kept as a context
+user_id            the user / context id (string or int, e.g. a hash)        yes
 timestamp          request time (number)                                     no
-position           0-based slot in the slate, ``0 <= position < K``          yes
+position           slot in the slate, numbered from ``position_base``        yes (rounds
+                   (0 or 1, declared; never guessed)                         by request)
 item_id            the action (item) shown there                             yes
 reward             click / purchase: 0 or 1 (``binary_reward: false``: any   yes
                    finite number)
 propensity         logging probability of that item at that position,        yes
-                   ``0 < p <= 1``
+                   ``0 < p <= 1`` (per row)
 logging_policy     id of the logging policy (string)                         no
 =================  ========================================================  ========
 
-Every request must show positions ``0..K-1`` exactly once (``K`` is the largest
-position + 1 unless ``slate_size`` is given). Context features (e.g. the user's
-segment) and per-action features (e.g. the item category) are optional extra
-columns, read with ``context_columns`` / ``action_columns``.
+With request ids, every request must show positions ``0..K-1`` (after
+subtracting ``position_base``) exactly once (``K`` is the largest position + 1
+unless ``slate_size`` is given). Context features (strings, hashes or numbers,
+read as categories; a missing value is its own category ``""``) and per-action
+features (constant per item) are extra columns named in ``context_columns`` /
+``action_columns``; the DM/DR reward model uses them.
+
+The options are one block (:class:`LogOptions`, ``logs_options:`` in the ``recsys
+ope`` configs); an unknown option is refused in one line naming it.
 
 Bad input raises :class:`~recsys.utils.errors.DataError` with one line naming the
 file, the line (CSV, 1-based, header = line 1) or row (Parquet, 0-based), the
@@ -32,7 +40,8 @@ world (``world.click_probability``, ``world.policy_value``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,7 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recsys.utils.errors import DataError
+from recsys.utils.errors import DataError, RecsysError
 
 DEFAULT_COLUMNS = {
     "request_id": "request_id", "user_id": "user_id", "timestamp": "timestamp", "position": "position",
@@ -51,13 +60,77 @@ DEFAULT_COLUMNS = {
 REQUIRED = ("request_id", "user_id", "position", "item_id", "reward", "propensity")
 
 
+@dataclass(frozen=True)
+class LogOptions:
+    """How to read a log file (``logs_options:`` in configs/ope.yaml); see the module docstring.
+
+    Args:
+        columns: canonical name -> source column (``None`` for ``request_id``: one round per row;
+            for ``position`` in that case: no position).
+        slate_size: K (None: the largest position + 1).
+        binary_reward: rewards must be 0 or 1.
+        position_base: the number of the first position in the file (0 or 1).
+        context_columns: extra per-round context columns (categories: strings, hashes, numbers).
+        action_columns: extra per-item feature columns (constant per item).
+        reward_range: ``[low, high]`` bounds of one reward (None: ``[0, 1]`` when binary, else unbounded).
+    """
+
+    columns: Mapping[str, str | None] = field(default_factory=dict)
+    slate_size: int | None = None
+    binary_reward: bool = True
+    position_base: int = 0
+    context_columns: tuple[str, ...] = ()
+    action_columns: tuple[str, ...] = ()
+    reward_range: tuple[float, float] | None = None
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any] | None, where: str = "logs_options") -> "LogOptions":
+        """Build from a plain mapping; an unknown key or a bad value -> one-line RecsysError naming it."""
+        opts = dict(options or {})
+        valid = [f.name for f in fields(cls)]
+        for key in opts:
+            if key not in valid:
+                raise RecsysError(f"unknown option {where}.{key} (valid: {', '.join(valid)})")
+        cols = dict(opts.get("columns") or {})
+        for key in cols:
+            if key not in DEFAULT_COLUMNS:
+                raise RecsysError(f"unknown column {where}.columns.{key} (canonical names: "
+                                  f"{', '.join(DEFAULT_COLUMNS)})")
+        base = opts.get("position_base", 0)
+        if base not in (0, 1):
+            raise RecsysError(f"{where}.position_base must be 0 or 1, got {base!r}")
+        rr = opts.get("reward_range")
+        if rr is not None:
+            rr = tuple(float(x) for x in rr)
+            if len(rr) != 2 or not rr[0] < rr[1]:
+                raise RecsysError(f"{where}.reward_range must be [low, high] with low < high, got {list(rr)}")
+        for key in ("context_columns", "action_columns"):
+            v = opts.get(key) or ()
+            if isinstance(v, str):
+                raise RecsysError(f"{where}.{key} must be a list of column names, got the string {v!r}")
+        return cls(columns=cols, slate_size=opts.get("slate_size"), binary_reward=bool(opts.get("binary_reward", True)),
+                   position_base=int(base), context_columns=tuple(opts.get("context_columns") or ()),
+                   action_columns=tuple(opts.get("action_columns") or ()),
+                   reward_range=rr)
+
+    def bounds(self) -> tuple[float, float] | None:
+        """The reward range: declared, else ``(0, 1)`` for binary rewards, else None."""
+        if self.reward_range is not None:
+            return (float(self.reward_range[0]), float(self.reward_range[1]))
+        return (0.0, 1.0) if self.binary_reward else None
+
+
 @dataclass
 class BanditLog:
-    """A validated log as ``(R, K)`` arrays, requests in file order of first appearance.
+    """A validated log as ``(R, K)`` arrays, rounds in file order of first appearance.
 
     ``users`` / ``actions`` are indices into ``user_ids`` / ``item_ids`` (index 0 is
     padding: ``user_ids[0] == item_ids[0] == ""``), so ``actions`` are columns of a
-    ``(.., n_items + 1)`` policy distribution.
+    ``(.., n_items + 1)`` policy distribution. ``contexts`` index the distinct
+    contexts of the rounds (user + declared context columns + the position when
+    each row is its own round; ``context_table`` holds their values, row 0 padding,
+    ``context_users`` their user index); without context columns a context is the
+    user (``contexts == users``). Policies and the reward model act on contexts.
     """
 
     users: np.ndarray  # (R,) int64
@@ -71,6 +144,18 @@ class BanditLog:
     context: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (R,) values
     action_features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_items + 1,)
     source: str = "<data>"
+    contexts: np.ndarray | None = None  # (R,) int64; None: the users
+    context_table: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_contexts + 1,) str
+    context_users: np.ndarray | None = None  # (n_contexts + 1,) int64 user index
+    row_rounds: bool = False  # one impression per row (no request id)
+    position_base: int = 0
+    reward_range: tuple[float, float] | None = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.contexts is None:
+            self.contexts = self.users
+            self.context_users = np.arange(len(self.user_ids), dtype=np.int64)
+            self.context_table = {"user_id": self.user_ids}
 
     @property
     def n_requests(self) -> int:
@@ -87,6 +172,24 @@ class BanditLog:
     @property
     def n_users(self) -> int:
         return len(self.user_ids) - 1
+
+    @property
+    def n_contexts(self) -> int:
+        assert self.context_users is not None
+        return len(self.context_users) - 1
+
+    @property
+    def contexts_are_users(self) -> bool:
+        return list(self.context_table) == ["user_id"]
+
+    def take(self, rows: np.ndarray) -> "BanditLog":
+        """The rounds ``rows`` (same id spaces)."""
+        assert self.contexts is not None
+        return dataclasses.replace(
+            self, users=self.users[rows], actions=self.actions[rows], rewards=self.rewards[rows],
+            propensities=self.propensities[rows], timestamps=self.timestamps[rows],
+            context={k: v[rows] for k, v in self.context.items()},
+            contexts=self.users[rows] if self.contexts is self.users else self.contexts[rows])
 
 
 def _where(path: str, row: int, csv: bool) -> tuple[int | None, str]:
@@ -170,46 +273,74 @@ def read_table(path: str | Path) -> tuple[pa.Table, bool]:
     return table, csv
 
 
-def from_table(table: pa.Table, source: str = "<data>", *, csv: bool = False,
-               columns: Mapping[str, str | None] | None = None, slate_size: int | None = None,
-               binary_reward: bool = True, known_users: np.ndarray | None = None,
-               known_items: np.ndarray | None = None, context_columns: tuple[str, ...] = (),
-               action_columns: tuple[str, ...] = ()) -> BanditLog:
+def _categories(table: pa.Table, name: str) -> np.ndarray:
+    """A context / feature column as strings (null -> "")."""
+    col = pc.fill_null(pc.cast(table.column(name), pa.string()), "")
+    return np.asarray(col.to_pylist(), dtype=object)
+
+
+def from_table(table: pa.Table, source: str = "<data>", *, csv: bool = False, options: LogOptions | None = None,
+               known_users: np.ndarray | None = None, known_items: np.ndarray | None = None,
+               **legacy: Any) -> BanditLog:
     """Validate a table in the documented format and build a :class:`BanditLog`.
 
+    ``options`` (:class:`LogOptions`; or its fields as keywords) say how to read it.
     ``known_users`` / ``known_items`` (``(n + 1,)`` id strings in index order, [0]
     padding, e.g. a prepared dataset's ids) fix the index of those ids; ids not in
     them get the next indices.
     """
+    if options is None:
+        kw: dict[str, Any] = {k: (tuple(v) if k.endswith("_columns") else v) for k, v in legacy.items()
+                              if v is not None or k == "slate_size"}
+        options = LogOptions(**kw)
+    elif legacy:
+        raise TypeError("pass either options or its fields, not both")
     path = source
-    given = dict(columns or {})
+    given = dict(options.columns or {})
     unknown = sorted(set(given) - set(DEFAULT_COLUMNS))
     if unknown:
         raise DataError(path, f"unknown canonical column(s) {unknown} in `columns` (valid: {sorted(DEFAULT_COLUMNS)})")
-    mapping = {k: v for k, v in {**DEFAULT_COLUMNS, **given}.items() if v}
+    merged = {**DEFAULT_COLUMNS, **given}
+    row_rounds = "request_id" in given and not given["request_id"]
+    mapping = {k: v for k, v in merged.items() if v}
     found = table.column_names
-    for canon in REQUIRED:
+    required = [c for c in REQUIRED if not (row_rounds and c == "request_id")]
+    if row_rounds and not given.get("position", "position"):
+        required.remove("position")
+    for canon in required:
         if canon not in mapping or mapping[canon] not in found:
-            src = mapping.get(canon, canon)
-            raise DataError(path, f"column not found (needed for '{canon}'); columns found: {', '.join(found)}",
+            src = mapping.get(canon) or canon
+            hint = ""
+            if canon == "request_id":
+                hint = " (no request id, one impression per row? set logs_options.columns.request_id=null)"
+            elif canon in given or canon not in DEFAULT_COLUMNS:
+                hint = ""
+            else:
+                hint = f" (map it: logs_options.columns.{canon}=<column>)"
+            raise DataError(path, f"column not found (needed for '{canon}'){hint}; columns found: {', '.join(found)}",
                             column=src)
-    for extra in (*context_columns, *action_columns):
+    for extra in (*options.context_columns, *options.action_columns):
         if extra not in found:
-            raise DataError(path, f"column not found (listed in context/action columns); columns found: "
-                            f"{', '.join(found)}", column=extra)
-    req = _strings(table, mapping["request_id"], path, csv)
+            raise DataError(path, f"column not found (listed in logs_options context/action columns); columns "
+                            f"found: {', '.join(found)}", column=extra)
+    n_rows = table.num_rows
     users = _strings(table, mapping["user_id"], path, csv)
     items = _strings(table, mapping["item_id"], path, csv)
-    pos = _numeric(table, mapping["position"], path, csv)
-    src = mapping["position"]
-    bad = _first(np.isnan(pos) | (pos != np.round(pos)) | (pos < 0))
-    if bad is not None:
-        raise _fail(path, bad, csv, src, f"position must be an integer >= 0, got {pos[bad]}")
-    pos = pos.astype(np.int64)
-    k = int(pos.max()) + 1 if slate_size is None else int(slate_size)
-    bad = _first(pos >= k)
-    if bad is not None:
-        raise _fail(path, bad, csv, src, f"position {pos[bad]} out of range 0..{k - 1} (slate_size {k})")
+    base = int(options.position_base)
+    has_pos = "position" in mapping and mapping["position"] in found
+    if has_pos:
+        src = mapping["position"]
+        pos = _numeric(table, src, path, csv)
+        bad = _first(np.isnan(pos) | (pos != np.round(pos)) | (pos < base))
+        if bad is not None:
+            raise _fail(path, bad, csv, src, f"position must be an integer >= {base} (position_base {base}), "
+                        f"got {pos[bad]}")
+        pos = pos.astype(np.int64) - base
+        if base == 0 and not (pos == 0).any():
+            raise DataError(path, "no row has position 0 with position_base 0; positions numbered from 1? set "
+                            "logs_options.position_base=1", column=src)
+    else:
+        pos = np.zeros(n_rows, dtype=np.int64)
     prop = _numeric(table, mapping["propensity"], path, csv)
     src = mapping["propensity"]
     for mask, what in ((np.isnan(prop), "propensity missing"),
@@ -222,35 +353,54 @@ def from_table(table: pa.Table, source: str = "<data>", *, csv: bool = False,
     bad = _first(~np.isfinite(reward))
     if bad is not None:
         raise _fail(path, bad, csv, src, f"reward missing or not finite, got {reward[bad]}")
-    bad = _first((reward != 0) & (reward != 1)) if binary_reward else None
+    bad = _first((reward != 0) & (reward != 1)) if options.binary_reward else None
     if bad is not None:
         raise _fail(path, bad, csv, src, f"reward must be 0 or 1 (binary_reward), got {reward[bad]}")
+    bounds = options.bounds()
+    if bounds is not None:
+        bad = _first((reward < bounds[0]) | (reward > bounds[1]))
+        if bad is not None:
+            raise _fail(path, bad, csv, src, f"reward {reward[bad]} outside reward_range {list(bounds)}")
     ts = (_numeric(table, mapping["timestamp"], path, csv) if "timestamp" in mapping and mapping["timestamp"] in found
-          else np.full(len(pos), np.nan))
+          else np.full(n_rows, np.nan))
 
-    # slates: request -> row index, positions 0..K-1 exactly once
-    req_idx, req_vocab = _index(req, None)
-    first_seen = np.full(len(req_vocab), len(req), dtype=np.int64)
-    np.minimum.at(first_seen, req_idx, np.arange(len(req)))
-    order_of = np.argsort(np.argsort(first_seen[1:], kind="stable"), kind="stable")  # request -> slate row
-    row = order_of[req_idx - 1]
-    r = len(req_vocab) - 1
-    slot = row * k + pos
-    counts = np.bincount(slot, minlength=r * k)
-    _, first_row = np.unique(slot, return_index=True)
-    seen_first = np.zeros(r * k, dtype=np.int64)
-    seen_first[slot[first_row]] = first_row
-    dup = _first(seen_first[slot] != np.arange(len(slot)))
-    if dup is not None:
-        raise _fail(path, dup, csv, mapping["position"],
-                    f"request {req[dup]!r} shows position {pos[dup]} more than once")
-    missing = np.flatnonzero(counts == 0)
-    if len(missing):
-        bad_req = int(missing[0] // k)
-        example = _first_known(row == bad_req)
-        raise _fail(path, example, csv, mapping["position"],
-                    f"request {req[example]!r} lacks position {missing[0] % k}; every request needs "
-                    f"positions 0..{k - 1} exactly once")
+    if row_rounds:  # every row its own round; the position becomes a context
+        k = 1
+        r = n_rows
+        row = np.arange(n_rows, dtype=np.int64)
+        slot = row.copy()
+    else:
+        req = _strings(table, mapping["request_id"], path, csv)
+        k = int(pos.max()) + 1 if options.slate_size is None else int(options.slate_size)
+        bad = _first(pos >= k)
+        if bad is not None:
+            raise _fail(path, bad, csv, mapping["position"],
+                        f"position {pos[bad] + base} out of range {base}..{k - 1 + base} (slate_size {k})")
+        # slates: request -> row index, positions 0..K-1 exactly once
+        req_idx, req_vocab = _index(req, None)
+        first_seen = np.full(len(req_vocab), len(req), dtype=np.int64)
+        np.minimum.at(first_seen, req_idx, np.arange(len(req)))
+        order_of = np.argsort(np.argsort(first_seen[1:], kind="stable"), kind="stable")  # request -> slate row
+        row = order_of[req_idx - 1]
+        r = len(req_vocab) - 1
+        slot = row * k + pos
+        counts = np.bincount(slot, minlength=r * k)
+        _, first_row = np.unique(slot, return_index=True)
+        seen_first = np.zeros(r * k, dtype=np.int64)
+        seen_first[slot[first_row]] = first_row
+        dup = _first(seen_first[slot] != np.arange(len(slot)))
+        if dup is not None:
+            raise _fail(path, dup, csv, mapping["position"],
+                        f"request {req[dup]!r} shows position {pos[dup] + base} more than once")
+        missing = np.flatnonzero(counts == 0)
+        if len(missing):
+            bad_req = int(missing[0] // k)
+            example = _first_known(row == bad_req)
+            hint = ("; positions numbered from 1? set logs_options.position_base=1"
+                    if base == 0 and missing[0] % k == 0 else "")
+            raise _fail(path, example, csv, mapping["position"],
+                        f"request {req[example]!r} lacks position {missing[0] % k + base}; every request needs "
+                        f"positions {base}..{k - 1 + base} exactly once{hint}")
     u_idx, user_vocab = _index(users, known_users)
     i_idx, item_vocab = _index(items, known_items)
     slate_users = np.zeros(r, dtype=np.int64)
@@ -269,27 +419,50 @@ def from_table(table: pa.Table, source: str = "<data>", *, csv: bool = False,
     policies = []
     if "logging_policy" in mapping and mapping["logging_policy"] in found:
         policies = sorted(set(pc.cast(table.column(mapping["logging_policy"]), pa.string()).to_pylist()) - {None})
-    context = {}
-    for name in context_columns:
-        vals = np.asarray(pc.cast(table.column(name), pa.string()).to_pylist(), dtype=object)
+    context: dict[str, np.ndarray] = {}
+    for name in options.context_columns:
+        vals = _categories(table, name)
         ctx = np.empty(r, dtype=object)
         ctx[row] = vals
+        if not row_rounds and not np.array_equal(ctx[row], vals):
+            bad = _first_known(ctx[row] != vals)
+            raise _fail(path, bad, csv, name, f"request {req[bad]!r} has more than one value of this context")
         context[name] = ctx
+    if row_rounds and has_pos:
+        context["position"] = pos.astype(str).astype(object)
     action_features = {}
-    for name in action_columns:
-        vals = np.asarray(pc.cast(table.column(name), pa.string()).to_pylist(), dtype=object)
+    for name in options.action_columns:
+        vals = _categories(table, name)
         feat = np.full(len(item_vocab), "", dtype=object)
         feat[i_idx] = vals
+        bad = _first(feat[i_idx] != vals)
+        if bad is not None:
+            raise _fail(path, bad, csv, name, f"item {items[bad]!r} has more than one value of this per-item "
+                        f"feature (action_columns must be constant per item)")
         action_features[name] = feat
-    return BanditLog(slate_users, grid(i_idx, np.int64), grid(reward, np.float64), grid(prop, np.float64),
-                     slate_ts, user_vocab, item_vocab, policies, context, action_features, source)
+    log = BanditLog(slate_users, grid(i_idx, np.int64), grid(reward, np.float64), grid(prop, np.float64),
+                    slate_ts, user_vocab, item_vocab, policies, context, action_features, source,
+                    row_rounds=row_rounds, position_base=base, reward_range=bounds)
+    if context:  # a context = (user, context columns...): its own index space
+        keys = np.column_stack([user_vocab[slate_users].astype(str)]
+                               + [context[c].astype(str) for c in context])
+        uniq, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # contexts numbered in order of first appearance
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        log.contexts = rank[np.ravel(inv)] + 1
+        log.context_users = np.concatenate([[0], slate_users[first[order]]]).astype(np.int64)
+        log.context_table = {"user_id": np.concatenate([[""], user_vocab[slate_users[first[order]]]]).astype(object)}
+        for c in context:
+            log.context_table[c] = np.concatenate([[""], context[c][first[order]]]).astype(object)
+    return log
 
 
-def read_bandit_log(path: str | Path, **options: Any) -> BanditLog:
+def read_bandit_log(path: str | Path, options: LogOptions | None = None, **kwargs: Any) -> BanditLog:
     """Read and validate a log file (``.parquet``; anything else is read as CSV).
-    ``options`` are those of :func:`from_table`."""
+    ``options`` / ``kwargs`` are those of :func:`from_table`."""
     table, csv = read_table(path)
-    return from_table(table, str(path), csv=csv, **options)
+    return from_table(table, str(path), csv=csv, options=options, **kwargs)
 
 
 def synthetic_log_table(world: Any) -> pa.Table:

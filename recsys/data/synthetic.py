@@ -17,6 +17,10 @@ Generative model (numpy only, deterministic for a seed, vectorised over users):
 * Users: group ``g`` (``n_groups``, unequal sizes); each group shifts the category
   distribution from which a user draws 1-3 centroids, mixed with Dirichlet weights
   plus noise (``U[u]``); popularity sensitivity ``beta[u]`` (lower outside g0).
+  Optional planted disparity (off by default): ``weak_signal_users`` /
+  ``weak_signal_strength``: with that probability each item one set of users
+  consumes is uniform over their unconsumed items (see :class:`SyntheticConfig`;
+  used by :mod:`recsys.evaluation.fairness_study`).
 * Transitions: each item has ``N_SUCCESSORS`` successor items (Gumbel top-k over
   factor similarity + same-category bonus + popularity; mostly same category)
   with probabilities ``proportional to 1/(rank+1)``.
@@ -95,6 +99,18 @@ class SyntheticConfig:
     channels: tuple[str, ...] = ("web", "app", "email")
     start_time: float = 1_700_000_000.0
     seed: int = 0
+    #: Planted disparity (default off): users whose side-table value matches
+    #: ``"column=value"`` (a column of the users table: ``group`` e.g. ``"group=g1"``,
+    #: ``age_bucket`` or ``region`` e.g. ``"region=north"``) get a weaker relevance
+    #: signal: each item they consume is, with probability ``weak_signal_strength``,
+    #: drawn uniformly from their not-yet-consumed items instead of by preference
+    #: and transitions (truth ``user_signal_noise``; ``next_item_distribution``
+    #: stays exact). ``region`` is drawn independently of behaviour, so
+    #: ``"region=..."`` gives a world with exactly one disparity. Off when the
+    #: strength is 0: the world is then bit-identical to one generated without
+    #: these fields.
+    weak_signal_users: str = ""
+    weak_signal_strength: float = 0.0
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -109,6 +125,9 @@ class SyntheticConfig:
             "sequential_strength >= 0": self.sequential_strength >= 0,
             "channels non-empty": len(self.channels) >= 1,
             "seed >= 0": self.seed >= 0,
+            "0 <= weak_signal_strength < 1": 0.0 <= self.weak_signal_strength < 1.0,
+            "weak_signal_users 'column=value' with column in group/age_bucket/region when weak_signal_strength > 0":
+                self.weak_signal_strength == 0.0 or weak_signal_spec(self.weak_signal_users) is not None,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -143,7 +162,7 @@ class SyntheticWorld:
     transitions / transition_probs (n_items+1, K), sequential_mix (1,),
     lag_weights (2,), position_bias (slate_size,), relevance_pop_weight (1,),
     relevance_offset (1,), logger_user_factors, logger_item_factors,
-    logger_item_bias.
+    logger_item_bias; only with a planted disparity: user_signal_noise (n_users+1,).
     """
 
     config: SyntheticConfig
@@ -206,6 +225,17 @@ class SyntheticWorld:
         static[0] = 0.0
         static[h] = 0.0
         static /= static.sum()
+        noise = float(t["user_signal_noise"][user]) if "user_signal_noise" in t else 0.0
+        if noise > 0:
+            uniform = np.ones(len(static))
+            uniform[0] = 0.0
+            uniform[h] = 0.0
+            uniform /= uniform.sum()
+            return (1.0 - noise) * self._preference_law(user, h, static) + noise * uniform
+        return self._preference_law(user, h, static)
+
+    def _preference_law(self, user: int, h: np.ndarray, static: np.ndarray) -> np.ndarray:
+        t = self.truth
         if len(h) == 0:
             return static
         rho = t["sequential_mix"][0]
@@ -246,6 +276,33 @@ class SyntheticWorld:
             raise ValueError(f"{d / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
         tables = {name: pq.read_table(d / f"{name}.parquet") for name in TABLES}
         return cls(SyntheticConfig(**meta["config"]), truth=load_file(str(d / "truth.safetensors")), **tables)
+
+
+WEAK_SIGNAL_COLUMNS = ("group", "age_bucket", "region")
+
+
+def weak_signal_spec(spec: str) -> tuple[str, str] | None:
+    """``"column=value"`` -> ``(column, value)``; ``None`` when malformed."""
+    column, sep, value = spec.partition("=")
+    if not sep or column.strip() not in WEAK_SIGNAL_COLUMNS or not value.strip():
+        return None
+    return column.strip(), value.strip()
+
+
+def _weak_signal_noise(cfg: SyntheticConfig, users: pa.Table) -> np.ndarray:
+    """Per user, the probability that a consumed item is uniform noise:
+    ``weak_signal_strength`` for the ``weak_signal_users``, else 0. (n_users + 1,)."""
+    spec = weak_signal_spec(cfg.weak_signal_users)
+    assert spec is not None
+    column, value = spec
+    values = users.column(column).to_pylist()
+    members = np.asarray(values, dtype=object) == value
+    if not members.any():
+        raise ValueError(f"SyntheticConfig: weak_signal_users={cfg.weak_signal_users!r} matches no user "
+                         f"(values: {sorted(set(values))})")
+    noise = np.zeros(cfg.n_users + 1)
+    noise[1:][members] = cfg.weak_signal_strength
+    return noise
 
 
 def _rng(cfg: SyntheticConfig, stream: int) -> np.random.Generator:
@@ -379,6 +436,8 @@ def generate_world(config: SyntheticConfig) -> SyntheticWorld:
     truth: dict[str, Any] = {}
     items = _make_items(cfg, truth, _rng(cfg, 1))
     users = _make_users(cfg, truth, _rng(cfg, 2))
+    if cfg.weak_signal_strength > 0:  # only then: the default world's truth has no such key
+        truth["user_signal_noise"] = _weak_signal_noise(cfg, users)
     _make_transitions(cfg, truth, (cfg.seed, 3))
     _make_logger(cfg, truth, _rng(cfg, 4))
     rho = cfg.sequential_strength / (1.0 + cfg.sequential_strength)
@@ -387,7 +446,7 @@ def generate_world(config: SyntheticConfig) -> SyntheticWorld:
         sequential_mix=np.array([rho]), lag_weights=np.array(LAG_WEIGHTS),
         relevance_pop_weight=np.array([RELEVANCE_POP_WEIGHT]), relevance_offset=np.array([RELEVANCE_OFFSET]),
     )
-    seq = generate_sequences(truth, rho, (cfg.seed, 5))
+    seq = generate_sequences(truth, rho, (cfg.seed, 5), noise=truth.get("user_signal_noise"))
     lens = truth["seq_len"]
     seq_user, seq_step = np.nonzero(np.arange(seq.shape[1])[None, :] < lens[:, None])
     events, first_ts, last_ts = build_events(cfg, truth, seq_user, seq[seq_user, seq_step], seq_step, _rng(cfg, 6))

@@ -198,7 +198,8 @@ def static_prefix(truth: dict[str, np.ndarray], seed_words: tuple[int, ...]) -> 
     return topk_rows(len(lens) - 1, len(bias), logits, lens, seed_words)
 
 
-def generate_sequences(truth: dict[str, np.ndarray], rho: float, seed_words: tuple[int, ...]) -> np.ndarray:
+def generate_sequences(truth: dict[str, np.ndarray], rho: float, seed_words: tuple[int, ...],
+                       noise: np.ndarray | None = None) -> np.ndarray:
     """Consumed items per user: (n_users+1, max_len) raw ids, 0 beyond ``seq_len``.
 
     One vectorised step per position; users sorted by length so that the active
@@ -211,6 +212,11 @@ def generate_sequences(truth: dict[str, np.ndarray], rho: float, seed_words: tup
     that they lie below a common threshold, and the argmax of Gumbels is
     independent of their max. At most ``seq_len[u]`` entries of the order are
     ever examined, so a prefix of that length suffices.
+
+    ``noise`` (n_users+1,) or ``None``: per user, the probability that a step
+    instead takes a uniformly random not-yet-consumed item (a planted weak
+    signal); its draws come from a separate generator, so ``None`` (or all
+    zeros) leaves every other draw, and the result, unchanged.
     """
     lens = truth["seq_len"]
     order = np.argsort(-lens[1:], kind="stable") + 1  # user ids, longest first
@@ -220,10 +226,26 @@ def generate_sequences(truth: dict[str, np.ndarray], rho: float, seed_words: tup
     succ_all, tprob = truth["transitions"], truth["transition_probs"]
     seq = np.zeros((len(order), int(ls.max())), dtype=np.int64)
     ptr = np.zeros(len(order), dtype=np.int64)
+    noisy_users = noise is not None and bool(np.any(noise > 0))
+    noise_rng = np.random.default_rng([*seed_words, 2]) if noisy_users else None
+    n_items = vf.shape[0] - 1
     for t in range(seq.shape[1]):
         m = int((ls > t).sum())
         r_follow, r_lag, r_pick = rng.random(m), rng.random(m), 1.0 - rng.random(m)
         hist, choice = seq[:m, :t], np.zeros(m, dtype=np.int64)
+        noisy = np.zeros(m, dtype=bool)
+        if noise_rng is not None:
+            assert noise is not None
+            noisy = noise_rng.random(m) < noise[order[:m]]
+            rows = np.flatnonzero(noisy)
+            cand = noise_rng.integers(1, n_items + 1, len(rows))
+            pending = np.arange(len(rows))
+            while len(pending):  # uniform over the unconsumed items, by rejection
+                used = (hist[rows[pending]] == cand[pending][:, None]).any(axis=1)
+                pending = pending[used]
+                cand[pending] = noise_rng.integers(1, n_items + 1, len(pending))
+            choice[rows] = cand
+            r_follow = np.where(noisy, np.inf, r_follow)  # noisy steps follow no transition
         if t >= 1:
             src = seq[:m, t - 1]
             if t >= 2:

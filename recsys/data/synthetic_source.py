@@ -38,7 +38,11 @@ class SyntheticLoader:
         return []
 
     def fingerprint_config(self) -> dict[str, Any]:
-        return {"synthetic": asdict(self.config)}
+        cfg = asdict(self.config)
+        if not cfg["weak_signal_strength"]:  # off: existing fingerprints (and caches) stay valid
+            cfg.pop("weak_signal_users")
+            cfg.pop("weak_signal_strength")
+        return {"synthetic": cfg}
 
 
 def load_world(extras_dir: Path | None, loaded_extras: dict[str, Any]) -> SyntheticWorld | None:

@@ -25,7 +25,11 @@ distributions block by block with :func:`policy_terms`. With
                    (DR where the weight is at most tau, DM elsewhere: tau=inf -> DR, tau<min w -> DM)
 
 Confidence intervals: percentile bootstrap over requests (whole slates are
-resampled, never single rows); the reward model is not refitted per resample.
+resampled, never single rows). :func:`bootstrap` keeps the reward model fixed
+(its intervals for DM/DR leave out the model's own estimation error);
+:meth:`recsys.evaluation.ope_reward.CrossFit.refit_bootstrap` refits it on every
+resample (what ``recsys ope`` uses). :func:`clip_to_range` clips estimates of a
+bounded reward to ``[K low, K high]`` and flags the ones it changed.
 Diagnostics: effective sample size ``(sum w)^2 / sum w^2`` per position, max and
 mean weight, and the share of evaluation-policy mass on actions without logging
 support (a warning is raised in :attr:`Diagnostics.warnings` when it is poor).
@@ -92,6 +96,7 @@ class Estimate:
     ci_low: float = float("nan")
     ci_high: float = float("nan")
     per_position: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    clipped: bool = False  # value or interval clipped to the reward range
 
     def covers(self, truth: float) -> bool:
         return bool(self.ci_low <= truth <= self.ci_high)
@@ -247,6 +252,20 @@ def bootstrap(data: OPEData, clip: float | None = None, switch_tau: float = np.i
         lo, hi = np.nanpercentile(np.concatenate(samples), q)
         out[name] = (float(lo), float(hi))
     return out
+
+
+def clip_to_range(estimates: dict[str, Estimate], low: float, high: float) -> list[str]:
+    """Clip every value and interval end to ``[low, high]`` (the range of a slate's
+    total reward, e.g. ``[0, K]`` for clicks) in place; returns the names clipped."""
+    changed = []
+    for name, e in estimates.items():
+        vals = (e.value, e.ci_low, e.ci_high)
+        new = tuple(v if np.isnan(v) else float(min(max(v, low), high)) for v in vals)
+        if new != vals:
+            e.value, e.ci_low, e.ci_high = new
+            e.clipped = True
+            changed.append(name)
+    return changed
 
 
 def diagnose(data: OPEData, clip: float | None = None, min_support: float = 0.99,

@@ -8,7 +8,30 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from recsys.utils.io import atomic_path
-from recsys.utils.tables import format_table
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """A number with ``digits`` significant digits (a CTR of 0.004123 stays 0.004123, not 0.0041)."""
+    if v is None:
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    v = float(v)
+    if np.isnan(v):
+        return "nan"
+    return f"{v:.{digits}g}"
+
+
+def format_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], label: str = "name",
+                 digits: int = 4) -> str:
+    """One row per estimator / variant, one 12-wide column per value, ``digits`` significant digits."""
+    name_w = max([len(label), *(len(r) for r in rows)])
+    head = f"{label:<{name_w}}  " + "  ".join(f"{c:>12}" for c in columns)
+    lines = [head, "-" * len(head)]
+    for name, vals in rows.items():
+        lines.append(f"{name:<{name_w}}  " + "  ".join(f"{fmt(vals.get(c, float('nan')), digits):>12}"
+                                                      for c in columns))
+    return "\n".join(lines)
 
 
 def _save(fig, path: str | Path) -> Path:  # noqa: ANN001 - matplotlib Figure
@@ -40,7 +63,7 @@ def plot_estimates(path: str | Path, estimates: Mapping[str, tuple[float, float,
     err = np.abs(np.stack([v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]]))
     ax.errorbar(x, v[:, 0], yerr=np.nan_to_num(err), fmt="o", capsize=4)
     if truth is not None:
-        ax.axhline(truth, color="k", ls="--", lw=1, label=f"truth {truth:.4f}")
+        ax.axhline(truth, color="k", ls="--", lw=1, label=f"truth {truth:.4g}")
         ax.legend()
     ax.set_xticks(x, names)
     ax.set_ylabel("expected clicks per slate")
@@ -55,7 +78,7 @@ def plot_bench(path: str | Path, per_seed: Mapping[str, Sequence[float]], truth:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.boxplot([np.asarray(per_seed[n]) for n in names])
     ax.set_xticks(np.arange(1, len(names) + 1), names)
-    ax.axhline(truth, color="k", ls="--", lw=1, label=f"truth {truth:.4f}")
+    ax.axhline(truth, color="k", ls="--", lw=1, label=f"truth {truth:.4g}")
     ax.legend()
     ax.set_ylabel("estimate")
     ax.set_title(title)
@@ -95,11 +118,17 @@ def policy_report(out: Mapping[str, Any]) -> str:
     """:func:`recsys.ope.evaluate_policy`'s result: context line, estimates table
     (with the truth where known), diagnostics and warnings."""
     tv, truth = out["total_variation"], out["true_value"]
+    extra = [f"trained on the first {out['trained_on_requests']} rounds, evaluated on the rest"] \
+        if "trained_on_requests" in out else []
     lines = [f"policy {out['policy']} on {out['n_requests']} requests x {out['slate_size']} positions "
-             f"({out['source']}); logger's on-policy value {out['logged_value']:.4f}"
+             f"({out['source']}; actions: {out.get('catalogue', '?')}); logger's on-policy value "
+             f"{fmt(out['logged_value'])}"
              + (f"; TV(pi, logger) {tv:.3f}, KL {out['kl_divergence']:.3f}" if tv is not None else ""),
-             format_table(out["estimates"], ["estimate", "ci_low", "ci_high"]
-                    + (["truth", "rel_error"] if truth is not None else []), label="name")]
+             *extra,
+             format_table(out["estimates"], ["estimate", "ci_low", "ci_high", "clipped"]
+                          + (["truth", "rel_error"] if truth is not None else []), label="name")]
+    if out.get("interval"):
+        lines.append(f"intervals: {int(100 * (1 - out.get('alpha', 0.05)))}% {out['interval']}")
     dg = out["diagnostics"]
     lines.append(f"diagnostics: ESS {dg['ess']:.0f}/{dg['n_requests']} requests, max weight {dg['max_weight']:.1f}, "
                  f"mean weight {dg['mean_weight']:.3f}, unsupported mass {dg['unsupported_mass']:.2%}, "
@@ -111,13 +140,13 @@ def policy_report(out: Mapping[str, Any]) -> str:
 def bench_report(out: Mapping[str, Any]) -> str:
     """:func:`recsys.ope.run_bench`'s result: the policy, then bias / RMSE / coverage per estimator."""
     return "\n".join([
-        f"policy {out['policy']}: true value {out['true_value']:.4f} (logger {out['logger_value']:.4f}); "
+        f"policy {out['policy']}: true value {fmt(out['true_value'])} (logger {fmt(out['logger_value'])}); "
         f"TV(pi, logger) {out['total_variation']:.3f}, KL {out['kl_divergence']:.3f}; {out['n_seeds']} seeds "
         f"x {out['n_requests']} requests x {out['slate_size']} positions",
         format_table(out["table"], ["mean", "bias", "rmse", "rel_error", "coverage", "sd", "ci_width"], label="name"),
         "calibrated 95% intervals have ci_width ~ 3.92 sd; with 20 seeds, 20/20 covering has "
         "probability 0.36 even then",
-        f"true value {out['true_value']:.4f}; mean ESS {out['mean_ess']:.0f} of {out['n_requests']} requests"])
+        f"true value {fmt(out['true_value'])}; mean ESS {out['mean_ess']:.0f} of {out['n_requests']} requests"])
 
 
 def align_report(out: Mapping[str, Any]) -> str:

@@ -38,15 +38,16 @@ def run_align(s: Setup, variants: Mapping[str, Callable[[], Any]], eval_opts: Ev
     from recsys.training.baselines import evaluate_split  # the exact evaluator imports torch
 
     t0 = time.perf_counter()
-    if s.world is None:
+    if s.world is None or s.data is None or s.split is None:
         raise RecsysError("`recsys ope align` needs data=synthetic")
+    data, split = s.data, s.split
     log = s.log
     cf = crossfit(log, opts, seed)
     metric = f"test/ndcg@{k}"
     rows: dict[str, dict[str, float]] = {}
     for name, build in progress(variants.items(), "ope align (variants)", total=len(variants)):
         model = build()
-        res = evaluate_split(model, s.data, s.split, eval_opts)  # fits on the train split
+        res = evaluate_split(model, data, split, eval_opts)  # fits on the train split
         pol = ScorePolicy(model_scores(model, s), s.n_actions, s.slate_size, "topk")
         truth, tv, _ = true_value(s.world, pol.probs, log.users)
         d = cf.ope_data(pol.probs)
@@ -59,7 +60,7 @@ def run_align(s: Setup, variants: Mapping[str, Callable[[], Any]], eval_opts: Ev
     col = {c: np.array([rows[n][c] for n in names]) for c in ("offline_ndcg", "truth", "DR", "SNIPS", "DM")}
     tau = {p: float(stats.kendalltau(col[a], col[b]).statistic) for p, (a, b) in PAIRS.items()}
     rho = {p: float(stats.spearmanr(col[a], col[b]).statistic) for p, (a, b) in PAIRS.items()}
-    out: dict[str, Any] = {"variants": rows, "kendall_tau": tau, "spearman": rho, "split": s.split.info}
+    out: dict[str, Any] = {"variants": rows, "kendall_tau": tau, "spearman": rho, "split": split.info}
     if plot_path is not None:
         from recsys.evaluation.ope_report import plot_alignment
 

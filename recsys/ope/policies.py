@@ -38,7 +38,132 @@ def epsilon_greedy(s: Setup, seed: int, model: Any, epsilon: float = 0.1) -> Eps
 
 
 def uniform(s: Setup, seed: int) -> UniformPolicy:
+    """Every action of the setup's action set (the log's items, the catalogue file's, or
+    ``data=``'s) equally likely at every position."""
     return UniformPolicy(s.n_actions, s.slate_size)
+
+
+def renamed(s: Setup, seed: int, old: str, message: str) -> Any:
+    """A policy name that was retired: refuse it with what to use instead."""
+    raise RecsysError(f"policy={old} is no longer a policy name: {message}")
+
+
+class TablePolicy:
+    """Per-context action probabilities read from a table (:func:`probability_table`).
+
+    ``probs(contexts)`` takes the log's context indices (``takes_contexts``)."""
+
+    takes_contexts = True
+
+    def __init__(self, dist: np.ndarray, group_of_context: np.ndarray):
+        self.dist, self.group = dist, group_of_context  # (G, K or 1, M), (n_contexts + 1,)
+
+    def probs(self, contexts: np.ndarray) -> np.ndarray:
+        return self.dist[self.group[np.asarray(contexts, dtype=np.int64)]]
+
+
+def probability_table(s: Setup, seed: int, path: str | None = None, tolerance: float = 1e-6) -> TablePolicy:
+    """A target policy given as a table of action probabilities (Parquet or CSV).
+
+    Columns: ``item_id``, ``probability``, and key columns naming fields of the log's
+    context (``user_id``, the declared ``logs_options.context_columns``, and
+    ``position``, numbered like the log's positions: per-position distributions in a
+    slate log, a context in a one-impression-per-row log). The probabilities of each key
+    (and position) must sum to 1 within ``tolerance``; every item must be in the
+    setup's action set and every context of the log must have a row: anything else is
+    refused in one line naming the file, row and column.
+    """
+    from recsys.data.bandit_logs import _numeric, _strings, read_table
+    from recsys.utils.errors import DataError
+
+    if not path:
+        raise RecsysError("policy=table needs policy.path=<probability table .parquet|.csv>")
+    table, csv = read_table(path)
+    log = s.log
+    fields = list(log.context_table) + ([] if log.row_rounds else ["position"])
+    for need in ("item_id", "probability"):
+        if need not in table.column_names:
+            raise DataError(path, f"column not found; a probability table has item_id, probability and key "
+                            f"columns among {fields}", column=need)
+    keys = [c for c in table.column_names if c not in ("item_id", "probability")]
+    for c in keys:
+        if c not in fields:
+            raise DataError(path, f"not a context field of the log (key columns must be among {fields}; declare "
+                            f"extra context columns in logs_options.context_columns)", column=c)
+    prob = _numeric(table, "probability", path, csv)
+    bad = np.flatnonzero(~(np.isfinite(prob) & (prob >= 0) & (prob <= 1)))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(path, f"{'line' if csv else 'row'} {i + 2 if csv else i}: probability must be in [0, 1], "
+                        f"got {prob[i]}", column="probability")
+    items = _strings(table, "item_id", path, csv)
+    col_of = {str(x): j for j, x in enumerate(log.item_ids) if j > 0}
+    cols = np.array([col_of.get(str(x), -1) for x in items], dtype=np.int64)
+    if (cols < 0).any():
+        i = int(np.flatnonzero(cols < 0)[0])
+        raise DataError(path, f"{'line' if csv else 'row'} {i + 2 if csv else i}: item {items[i]!r} is not in the "
+                        f"action set ({s.catalogue}); the policy's support must be within the log's actions",
+                        column="item_id")
+    k_table = log.slate_size if ("position" in keys and not log.row_rounds) else 1
+    slot = np.zeros(len(items), dtype=np.int64)
+    key_vals = []
+    for c in keys:
+        if c == "position":
+            p = _numeric(table, c, path, csv)
+            if not np.all(np.isfinite(p) & (p == np.round(p))):
+                raise DataError(path, "position must be an integer", column=c)
+            p = p.astype(np.int64) - log.position_base
+            if not log.row_rounds:
+                if ((p < 0) | (p >= log.slate_size)).any():
+                    i = int(np.flatnonzero((p < 0) | (p >= log.slate_size))[0])
+                    raise DataError(path, f"position {p[i] + log.position_base} outside the log's slate", column=c)
+                slot = p
+                continue
+            key_vals.append(p.astype(str).astype(object))
+        else:
+            key_vals.append(_strings(table, c, path, csv))
+    tkeys = np.array(["\x1f".join(map(str, t)) for t in zip(*key_vals)] if key_vals else [""] * len(items),
+                      dtype=object)
+    groups, g = np.unique(tkeys, return_inverse=True)
+    g = np.ravel(g)
+    sums = np.zeros((len(groups), k_table))
+    np.add.at(sums, (g, slot), prob)
+    off = np.argwhere(np.abs(sums - 1.0) > tolerance)
+    if len(off):
+        gi, ki = off[0]
+        where = ", ".join(f"{c}={v}" for c, v in zip([c for c in keys if c != "position" or log.row_rounds],
+                                                       str(groups[gi]).split("\x1f"))) or "all contexts"
+        pos = f" position {ki + log.position_base}" if k_table > 1 else ""
+        raise DataError(path, f"probabilities of {where}{pos} sum to {sums[gi, ki]:.6g}, not 1 "
+                        f"(tolerance {tolerance:g})", column="probability")
+    dist = np.zeros((len(groups), k_table, s.n_actions))
+    np.add.at(dist, (g, slot, cols), prob)
+    # each log context -> its table group
+    ctx_fields = [c for c in keys if c != "position" or log.row_rounds]
+    ctx_keys = np.array(["\x1f".join(map(str, t)) for t in zip(*(log.context_table[c] for c in ctx_fields))]
+                        if ctx_fields else [""] * (log.n_contexts + 1), dtype=object)
+    pos_in = np.searchsorted(groups, ctx_keys)
+    pos_in = np.minimum(pos_in, len(groups) - 1)
+    found = groups[pos_in] == ctx_keys
+    found[0] = True
+    if not found.all():
+        c = int(np.flatnonzero(~found)[0])
+        desc = ", ".join(f"{f}={log.context_table[f][c]}" for f in ctx_fields)
+        raise DataError(path, f"no rows for the log's context {desc} (and {int((~found).sum()) - 1} more); "
+                        f"a probability table must cover every context of the log", column=ctx_fields[0])
+    return TablePolicy(dist, np.where(found, pos_in, 0))
+
+
+class _OnUsers:
+    """A user-keyed policy on a log whose contexts are finer than users: context -> its user."""
+
+    takes_contexts = True
+
+    def __init__(self, policy: Any, context_users: np.ndarray):
+        self.policy, self.context_users = policy, context_users
+
+    def probs(self, contexts: np.ndarray) -> np.ndarray:
+        return self.policy.probs(self.context_users[np.asarray(contexts, dtype=np.int64)])
 
 
 def oracle_softmax(s: Setup, seed: int, temperature: float = 0.5) -> ScorePolicy:
@@ -80,7 +205,9 @@ def build_policy(s: Setup, make: PolicyFactory, seed: int, warmup_requests: int 
     pol = make(s, seed)
     info: dict[str, Any] = {}
     if not hasattr(pol, "update"):
-        return pol, info
+        if s.fit_requests is not None and isinstance(pol, (ScorePolicy, EpsilonGreedy)):
+            info["trained_on_requests"] = s.fit_requests  # fitted on the log's first rounds
+        return _on_contexts(s, pol), info
     if s.world is not None:  # warm up online in the world, then freeze
         rng = np.random.default_rng(seed)
         warm_users = rng.choice(s.log.users, warmup_requests)
@@ -92,4 +219,11 @@ def build_policy(s: Setup, make: PolicyFactory, seed: int, warmup_requests: int 
             sl = slice(st, min(st + warmup_batch_size, half))
             pol.update(s.log.users[sl], s.log.actions[sl], s.log.rewards[sl])
         info["trained_on_requests"] = half
-    return pol, info
+    return _on_contexts(s, pol), info
+
+
+def _on_contexts(s: Setup, pol: Any) -> Any:
+    if s.log.contexts_are_users or getattr(pol, "takes_contexts", False):
+        return pol
+    assert s.log.context_users is not None
+    return _OnUsers(pol, s.log.context_users)

@@ -1,11 +1,18 @@
-"""The OPE setup: a log of impressions joined to a prepared catalogue.
+"""The OPE setup: a log of impressions, its action set, and what models fit on.
 
-Action space of a setup = the log's item indices (the synthetic world's raw ids
-when the log is the world's own). Models are fitted on the prepared data's
-training split and act on a user with that user's click history from the
-prepared data (the split's test history, the same for every request of the
-user: a simplification, the history is not cut at the request time); consumed
-items are excluded, as in the offline ranking.
+Two kinds (never mixed silently):
+
+* :func:`build_setup` joins a log to a prepared catalogue (``data=``; the synthetic
+  world's own impressions by default): action space = the catalogue's items (plus
+  any new ones the log shows). Models are fitted on the prepared data's training
+  split and act on a user with that user's click history from the prepared data
+  (the split's test history, the same for every request of the user: a
+  simplification, the history is not cut at the request time); consumed items are
+  excluded, as in the offline ranking.
+* :func:`build_log_setup` uses the log alone (``logs=`` without ``data=``): action
+  space = the log's items, or an explicit catalogue file's (:func:`read_catalogue`).
+  Models are fitted on the clicks of the first half of the log's rounds and are
+  evaluated on the second half (no round is both trained on and evaluated on).
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys.data.bandit_logs import BanditLog, read_bandit_log, synthetic_bandit_log
+from recsys.data.bandit_logs import BanditLog, LogOptions, read_bandit_log, synthetic_bandit_log
 from recsys.data.prepare import PreparedData
 from recsys.data.splits import Split
 from recsys.evaluation import ope as O
@@ -33,11 +40,17 @@ class Setup:
 
     log: BanditLog
     world: Any  # SyntheticWorld, or None for a log read from a file (no truth)
-    data: PreparedData
-    split: Split
+    data: PreparedData | None  # None: the log alone (build_log_setup)
+    split: Split | None
     user_to_prep: np.ndarray  # (n_log_users + 1,) prepared user idx, 0 = unknown
     item_to_log: np.ndarray  # (n_prep_items + 1,) log column of each prepared item, -1 = none
     history: CSR  # rows = prepared user idx
+    train_users: np.ndarray  # what models are fitted on: (user, item) interactions, prepared idx
+    train_items: np.ndarray
+    n_fit_users: int
+    n_fit_items: int
+    fit_requests: int | None = None  # log alone: models fit on the first fit_requests rounds
+    catalogue: str = "synthetic world"  # where the action set comes from (for reports)
 
     @property
     def n_actions(self) -> int:
@@ -55,11 +68,9 @@ def _lookup(ids_from: np.ndarray, ids_to: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int64) + 1
 
 
-def read_log(path: str | Path, data: PreparedData, columns: Mapping[str, str] | None = None,
-             slate_size: int | None = None, binary_reward: bool = True) -> BanditLog:
-    """A log file (format of docs/ope.md) whose users and items are checked against ``data``."""
-    return read_bandit_log(path, columns=dict(columns) if columns else None, slate_size=slate_size,
-                           binary_reward=binary_reward,
+def read_log(path: str | Path, data: PreparedData, options: LogOptions | None = None) -> BanditLog:
+    """A log file (format of docs/ope.md) whose users and items are indexed as in ``data``."""
+    return read_bandit_log(path, options or LogOptions(),
                            known_users=np.array(["", *data.users.column("user_id").to_pylist()], dtype=object),
                            known_items=np.array(["", *data.items.column("item_id").to_pylist()], dtype=object))
 
@@ -82,13 +93,65 @@ def build_setup(data: PreparedData, split: Split, world: Any = None, log: Bandit
     lens = np.zeros(data.n_users + 1, dtype=np.int64)
     lens[es.users] = es.history.lengths()
     history = CSR(np.concatenate([[0], np.cumsum(lens)]), es.history.take(order).indices)
-    return Setup(log, world, data, split, user_to_prep, item_to_log, history)
+    users, items, _ = split.train_arrays()
+    return Setup(log, world, data, split, user_to_prep, item_to_log, history, users, items, data.n_users,
+                 data.n_items, None, "synthetic world" if world is not None else f"data={data.name}")
+
+
+def read_catalogue(path: str | Path) -> np.ndarray:
+    """An explicit action set: a Parquet/CSV file with an ``item_id`` column (one row per
+    item, no duplicates) -> ``(n + 1,)`` id strings, [0] padding."""
+    from recsys.data.bandit_logs import _strings, read_table
+    from recsys.utils.errors import DataError
+
+    table, csv = read_table(path)
+    if "item_id" not in table.column_names:
+        raise DataError(path, f"catalogue needs an item_id column; columns found: {', '.join(table.column_names)}",
+                        column="item_id")
+    ids = _strings(table, "item_id", str(path), csv)
+    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        row = int(first[np.flatnonzero(counts > 1)[0]])
+        raise DataError(path, f"item {ids[row]!r} listed more than once", column="item_id",
+                        line=row + 2 if csv else None)
+    return np.concatenate([[""], ids]).astype(object)
+
+
+def read_log_only(path: str | Path, options: LogOptions, catalogue: str | Path | None = None) -> BanditLog:
+    """A log file read on its own; with ``catalogue`` its item ids fix the action set and an
+    item the log shows that the catalogue lacks is refused (one line naming it)."""
+    from recsys.utils.errors import DataError
+
+    known = read_catalogue(catalogue) if catalogue is not None else None
+    log = read_bandit_log(path, options, known_items=known)
+    if known is not None and log.n_items > len(known) - 1:
+        extra = log.item_ids[len(known):]
+        raise DataError(path, f"item {extra[0]!r} (and {len(extra) - 1} more) is not in the catalogue {catalogue}",
+                        column=(options.columns or {}).get("item_id") or "item_id")
+    return log
+
+
+def build_log_setup(log: BanditLog, catalogue: str | None = None, fit_share: float = 0.5) -> Setup:
+    """A setup from the log alone: action space = the log's item index space (its items, or
+    the catalogue's it was read against). Models fit on the clicks of the first
+    ``fit_share`` of the rounds (histories = those clicks) and are evaluated on the rest."""
+    n_fit = int(log.n_requests * fit_share)
+    r = log.rewards[:n_fit] > 0
+    users = np.broadcast_to(log.users[:n_fit, None], r.shape)[r]
+    items = log.actions[:n_fit][r]
+    order = np.argsort(users, kind="stable")
+    lens = np.bincount(users, minlength=log.n_users + 1)
+    history = CSR(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), items[order].astype(np.int64))
+    ident_u = np.arange(log.n_users + 1, dtype=np.int64)
+    ident_i = np.arange(log.n_items + 1, dtype=np.int64)
+    return Setup(log, None, None, None, ident_u, ident_i, history, users.astype(np.int64), items.astype(np.int64),
+                 log.n_users, log.n_items, n_fit,
+                 f"catalogue {catalogue}" if catalogue is not None else f"the log's {log.n_items} items")
 
 
 def fit_model(model: Any, s: Setup) -> Any:
-    """Fit ``model`` on the setup's training split (prepared ids); returns it."""
-    users, items, _ = s.split.train_arrays()
-    model.fit(users, items, s.data.n_users, s.data.n_items)
+    """Fit ``model`` on the setup's training interactions (prepared ids); returns it."""
+    model.fit(s.train_users, s.train_items, s.n_fit_users, s.n_fit_items)
     return model
 
 
@@ -112,6 +175,8 @@ def model_scores(model: Any, s: Setup) -> PolicyFn:
 
 def user_features(s: Setup) -> np.ndarray:
     """One-hot user side features (string columns of the prepared users) + bias: (n_log_users + 1, d)."""
+    if s.data is None:  # the log alone: no side features, a bias only
+        return np.ones((s.log.n_users + 1, 1))
     u = s.data.users
     cols = [np.ones(u.num_rows)]
     for name in u.column_names:

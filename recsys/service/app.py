@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from recsys.service.bundles import BundleHolder, BundleSetError
 from recsys.service.config import LEVELS, BundlePaths, ServeConfig, ServiceConfigError, _build
 from recsys.service.decision_log import DECISION_SCHEMA, FEEDBACK_SCHEMA, PartWriter, decision_rows
+from recsys.service.experiment import Router
 from recsys.service.metrics import Metrics
 from recsys.service.pipeline import Pipeline
 from recsys.service.pipeline import Request as DecisionRequest
@@ -48,6 +49,7 @@ class RecommendResponse(BaseModel):
     versions: dict[str, str]
     reasons: list[str]
     latency_ms: dict[str, float]
+    arm: str = "default"
 
 
 class EventIn(BaseModel):
@@ -77,6 +79,7 @@ class ConsentIn(BaseModel):
 
 class ReloadIn(BaseModel):
     bundles: dict[str, str | None] | None = None
+    arm: str | None = None   # an experiment arm (default: the champion)
 
 
 def warm_state(state: State, path: str, cfg: ServeConfig) -> None:
@@ -112,7 +115,8 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
     metrics = Metrics()
     state = state if state is not None else make_state(cfg.state, cfg.redis_url, cfg.redis_timeout_s)
     holder = bundles if bundles is not None else BundleHolder(cfg.bundles)
-    pipeline = Pipeline(cfg, holder, state, metrics)
+    router = Router(cfg, holder, metrics)
+    pipeline = Pipeline(cfg, holder, state, metrics, router=router)
     if cfg.bundles.events is not None:  # recent items and popularity from the event store
         warm_state(state, cfg.bundles.events, cfg)
     log = feedback = None
@@ -136,6 +140,7 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
     app = FastAPI(title="recsys decision service", version="1", lifespan=lifespan)
     app.state.pipeline, app.state.holder, app.state.metrics, app.state.cfg = pipeline, holder, metrics, cfg
     app.state.decision_log, app.state.feedback_log, app.state.service_state = log, feedback, state
+    app.state.router = router
 
     @app.middleware("http")
     async def bound_and_count(request: Request, call_next):  # noqa: ANN001, ANN202
@@ -163,7 +168,7 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
             log.write(decision_rows(d, body.channel, body.k, logged_user,
                                     {"context": body.context, "exclude": body.exclude}))
         return RecommendResponse(decision_id=d.decision_id, items=d.items, scores=d.scores, level=d.level,
-                                 versions=d.versions, reasons=d.reasons, latency_ms=d.latency_ms)
+                                 versions=d.versions, reasons=d.reasons, latency_ms=d.latency_ms, arm=d.arm)
 
     def record_behaviour(e: EventIn) -> None:
         """The event into the ranker's behavioural features: directly (one process) or
@@ -200,6 +205,7 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
 
     @app.post("/v1/feedback", status_code=202)
     def feedback_(body: FeedbackIn) -> dict[str, Any]:
+        router.record_feedback(body.decision_id, body.event)  # the arm's primary metric (guardrails)
         if feedback is not None:
             feedback.write([{"decision_id": body.decision_id, "item_id": body.item_id, "event": body.event,
                              "timestamp": time.time()}])
@@ -224,8 +230,8 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
                                 status_code=503, headers={"Retry-After": "1"})
         return JSONResponse({"user_id": user_id, "granted": body.granted})
 
-    @app.post("/v1/admin/reload")
-    def reload(request: Request, body: ReloadIn | None = None) -> Response:
+    def admin(request: Request) -> Response | None:
+        """None when the caller may use the admin API, else the refusal."""
         token = os.environ.get(cfg.admin_token_env)
         client = request.client.host if request.client else ""
         if not token or client not in LOOPBACK:
@@ -233,16 +239,36 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
                                 status_code=403)
         if request.headers.get("authorization") != f"Bearer {token}":
             return JSONResponse({"detail": "bad admin token"}, status_code=401)
+        return None
+
+    @app.post("/v1/admin/reload")
+    def reload(request: Request, body: ReloadIn | None = None) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        arm = body.arm if body is not None else None
         try:
             paths = None
             if body is not None and body.bundles is not None:
-                paths = _build(BundlePaths, {**holder.paths.__dict__, **body.bundles}, "bundles")
-            new = holder.swap(paths)
+                current = holder.paths if arm is None or arm not in router.routes else router.routes[arm].holder.paths
+                paths = _build(BundlePaths, {**current.__dict__, **body.bundles}, "bundles")
+            new = router.reload(arm, paths)
         except (BundleSetError, ServiceConfigError) as e:
             metrics.reloads.labels("refused").inc()
             return JSONResponse({"detail": f"reload refused, the old set keeps serving: {e}"}, status_code=409)
         metrics.reloads.labels("ok").inc()
-        return JSONResponse({"reloaded": True, "versions": new.versions})
+        return JSONResponse({"reloaded": True, "arm": arm, "versions": new.versions})
+
+    @app.get("/v1/admin/experiment")
+    def experiment_status(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse(router.status())
+
+    @app.post("/v1/admin/experiment/{arm}/restore")
+    def experiment_restore(request: Request, arm: str) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"arm": arm, "restored": router.restore(arm)})
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

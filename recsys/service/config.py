@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from recsys.service.explore import Exploration
 from recsys.utils.errors import RecsysError
 
 #: the fallback levels, best first
@@ -78,6 +79,52 @@ class DecisionLog:
 
 
 @dataclass
+class Arm:
+    """One arm of the experiment: a bundle set (overrides of ``serve.bundles``; none:
+    the champion's set) with a relative ``weight`` inside the experiment."""
+
+    weight: float = 1.0
+    bundles: dict[str, str | None] | None = None          # e.g. {ranker: /path/to/challenger_ranker}
+    exploration: dict[str, Exploration] | None = None     # per channel; null: serve.exploration
+
+
+@dataclass
+class HoldbackArm:
+    share: float = 0.0                # share of all users held back (by `salt`, global across experiments)
+    salt: str = "recsys-holdback"
+    serve: str = "champion"           # champion (its bundles, no exploration) | non_personalised
+
+
+@dataclass
+class Guardrails:
+    """Automatic rollback of a challenger (see :mod:`recsys.service.experiment`)."""
+
+    enabled: bool = True
+    min_requests: int = 300           # decisions per arm (challenger and control) before any check
+    check_every: int = 100            # decisions of the challenger between checks
+    error_rate_margin: float = 0.02   # roll back when challenger - control error rate > margin (z > 3)
+    fallback_rate_margin: float = 0.05  # same for the share of decisions below the chain's first level
+    latency_p99_ratio: float = 1.5    # roll back when p99 > ratio * control p99 + margin
+    latency_p99_margin_ms: float = 20.0
+    latency_window: int = 2000        # p99 over the last n decisions of each arm
+    metric_event: str = "click"       # primary metric: these feedback events per decision
+    alpha: float = 0.05               # mSPRT level of the primary metric (harm side acts)
+    tau_relative: float = 0.2         # mSPRT mixing scale: this share of the pooled metric mean
+
+
+@dataclass
+class Experiment:
+    name: str = "serve"
+    salt: str = ""                    # assignment hash salt (default: name); keep fixed for the experiment's life
+    arms: dict[str, Arm] = field(default_factory=dict)  # first (or `control`) arm = control = the champion
+    control: str | None = None
+    traffic: float = 1.0              # ramp: share of eligible, non-held-back users in the experiment
+    eligible: dict[str, list[str]] = field(default_factory=dict)  # context key -> values (e.g. segment: [low_risk])
+    holdback: HoldbackArm = field(default_factory=HoldbackArm)
+    guardrails: Guardrails = field(default_factory=Guardrails)
+
+
+@dataclass
 class ServeConfig:
     bundles: BundlePaths = field(default_factory=BundlePaths)
     budgets: Budgets = field(default_factory=Budgets)
@@ -101,6 +148,8 @@ class ServeConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.05
     admin_token_env: str = "RECSYS_ADMIN_TOKEN"
+    exploration: dict[str, Exploration] = field(default_factory=dict)  # per channel (+ default)
+    experiment: Experiment | None = None
 
     def chain(self, channel: str) -> list[str]:
         return list(self.fallback.get(channel) or self.fallback.get("default") or LEVELS)
@@ -127,9 +176,81 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ServiceConfigError(f"{where}: {e}") from None
 
 
+def _explorations(data: Any, where: str) -> dict[str, Exploration]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ServiceConfigError(f"{where}: expected a mapping channel -> exploration, got {type(data).__name__}")
+    out = {}
+    for channel, ex in data.items():
+        e = _build(Exploration, ex, f"{where}.{channel}")
+        problem = e.check(f"{where}.{channel}")
+        if problem is None and e.levels is not None and any(lv not in LEVELS for lv in e.levels):
+            problem = f"{where}.{channel}.levels: {e.levels}; levels are {', '.join(LEVELS)}"
+        if problem:
+            raise ServiceConfigError(problem)
+        out[str(channel)] = e
+    return out
+
+
+def _experiment(data: Any, bundles: BundlePaths) -> Experiment | None:
+    if data is None:
+        return None
+    w = "serve.experiment"
+    if not isinstance(data, Mapping):
+        raise ServiceConfigError(f"{w}: expected a mapping, got {type(data).__name__}")
+    raw = dict(data)
+    arms_raw, hb, gr = raw.pop("arms", None), raw.pop("holdback", None), raw.pop("guardrails", None)
+    exp = _build(Experiment, raw, w)
+    if not isinstance(arms_raw, Mapping) or len(arms_raw) < 2:
+        raise ServiceConfigError(f"{w}.arms: expected >= 2 arms (the first, or `control`, is the champion)")
+    for name, a in arms_raw.items():
+        if str(name) in ("default", "holdback", "") or not str(name).replace("_", "").replace("-", "").isalnum():
+            raise ServiceConfigError(f"{w}.arms.{name}: arm names are letters, digits, _ or -, not default/holdback")
+        a = dict(a or {})
+        ex = _explorations(a.pop("exploration", None), f"{w}.arms.{name}.exploration") if "exploration" in a \
+            else None
+        arm = _build(Arm, a, f"{w}.arms.{name}")
+        arm.exploration = ex
+        if not float(arm.weight) > 0:
+            raise ServiceConfigError(f"{w}.arms.{name}.weight: expected > 0")
+        if arm.bundles is not None:
+            _build(BundlePaths, {**bundles.__dict__, **arm.bundles}, f"{w}.arms.{name}.bundles")
+        exp.arms[str(name)] = arm
+    if len(exp.arms) > 250:
+        raise ServiceConfigError(f"{w}.arms: at most 250 arms")
+    exp.holdback = _build(HoldbackArm, hb, f"{w}.holdback")
+    exp.guardrails = _build(Guardrails, gr, f"{w}.guardrails")
+    exp.salt = str(exp.salt or exp.name)
+    if exp.control is not None and exp.control not in exp.arms:
+        raise ServiceConfigError(f"{w}.control={exp.control!r}: not an arm ({', '.join(exp.arms)})")
+    if not 0 < float(exp.traffic) <= 1:
+        raise ServiceConfigError(f"{w}.traffic: expected 0 < value <= 1 (the ramp)")
+    if not 0 <= float(exp.holdback.share) < 1:
+        raise ServiceConfigError(f"{w}.holdback.share: expected 0 <= value < 1")
+    if exp.holdback.serve not in ("champion", "non_personalised"):
+        raise ServiceConfigError(f"{w}.holdback.serve={exp.holdback.serve!r}: expected champion or non_personalised")
+    if not isinstance(exp.eligible, Mapping) or any(not isinstance(v, (list, tuple)) for v in exp.eligible.values()):
+        raise ServiceConfigError(f"{w}.eligible: expected a mapping context key -> list of values")
+    g = exp.guardrails
+    if int(g.min_requests) < 2 or int(g.check_every) < 1 or int(g.latency_window) < 10:
+        raise ServiceConfigError(f"{w}.guardrails.min_requests: expected >= 2 (check_every >= 1, "
+                                 f"latency_window >= 10)")
+    if not 0 < float(g.alpha) < 1 or not float(g.tau_relative) > 0:
+        raise ServiceConfigError(f"{w}.guardrails.alpha: expected 0 < alpha < 1 and tau_relative > 0")
+    if g.metric_event not in ("view", "click", "add_to_cart", "purchase"):
+        raise ServiceConfigError(f"{w}.guardrails.metric_event={g.metric_event!r}: expected view, click, "
+                                 f"add_to_cart or purchase")
+    return exp
+
+
 def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
     """A checked :class:`ServeConfig` from a mapping."""
-    cfg = _build(ServeConfig, dict(data or {}), "serve")
+    data = dict(data or {})
+    exploration, experiment = data.pop("exploration", None), data.pop("experiment", None)
+    cfg = _build(ServeConfig, data, "serve")
+    cfg.exploration = _explorations(exploration, "serve.exploration")
+    cfg.experiment = _experiment(experiment, cfg.bundles)
     for channel, chain in cfg.fallback.items():
         bad = [lv for lv in chain if lv not in LEVELS]
         if bad or not chain:

@@ -31,7 +31,7 @@ DECISION_SCHEMA = pa.schema([
     ("propensity", pa.float64()), ("logging_policy", pa.string()), ("fallback_level", pa.string()),
     ("k", pa.int64()), ("embedding_version", pa.string()), ("feature_set_version", pa.string()),
     ("ranker", pa.string()), ("latency_ms", pa.string()), ("reasons", pa.string()), ("personalised", pa.bool_()),
-    ("request", pa.string()),
+    ("request", pa.string()), ("arm", pa.string()),
 ])
 FEEDBACK_SCHEMA = pa.schema([
     ("decision_id", pa.string()), ("item_id", pa.string()), ("event", pa.string()), ("timestamp", pa.float64()),
@@ -42,17 +42,25 @@ def decision_rows(d: Any, channel: str, k: int, user_id: str, request: dict[str,
                   ) -> list[dict[str, Any]]:
     """Rows of one :class:`~recsys.service.pipeline.Decision`; ``user_id`` is what may be
     logged (a pseudonym for users without consent); ``request`` (the request's other
-    fields: context, exclude) is stored as JSON. Propensity is 1.0: the slate is a
-    deterministic function of the request and the state."""
+    fields: context, exclude) is stored as JSON. ``propensity`` is the policy's
+    marginal probability of that item at that position given the request and the
+    state (:mod:`recsys.service.explore`): 1.0 for a deterministic slate; NaN where a
+    concurrent request changed the slate after the draw (``recsys logs join`` drops
+    such requests). ``arm``: the experiment arm that served it
+    (:mod:`recsys.service.experiment`)."""
+    explored = getattr(d, "exploration", "none")
+    policy = f"recsys.service/{d.level}" + ("" if explored == "none" else f"/{explored}")
+    props = list(getattr(d, "propensities", None) or [1.0] * len(d.items))
     common = {"request_id": d.decision_id, "user_id": user_id, "timestamp": d.timestamp, "channel": channel,
-              "propensity": 1.0, "logging_policy": f"recsys.service/{d.level}", "fallback_level": d.level, "k": k,
+              "logging_policy": policy, "fallback_level": d.level, "k": k, "arm": getattr(d, "arm", "default"),
               "embedding_version": d.versions.get("embedding_version"),
               "feature_set_version": d.versions.get("feature_set_version"), "ranker": d.versions.get("ranker"),
               "latency_ms": json.dumps(d.latency_ms, sort_keys=True), "reasons": json.dumps(d.reasons),
               "personalised": d.level == "personalised", "request": json.dumps(request or {}, sort_keys=True)}
     if not d.items:
-        return [{**common, "position": -1, "item_id": "", "score": None}]
-    return [{**common, "position": p, "item_id": i, "score": s} for p, (i, s) in enumerate(zip(d.items, d.scores))]
+        return [{**common, "position": -1, "item_id": "", "score": None, "propensity": 1.0}]
+    return [{**common, "position": p, "item_id": i, "score": s, "propensity": q}
+            for p, (i, s, q) in enumerate(zip(d.items, d.scores, props))]
 
 
 class PartWriter:
@@ -128,4 +136,12 @@ def read_log(directory: str | Path, prefix: str, schema: pa.Schema) -> pa.Table:
     parts = sorted(Path(directory).glob(f"{prefix}-*.parquet"))
     if not parts:
         return schema.empty_table()
-    return pa.concat_tables([pq.read_table(p).cast(schema) for p in parts])
+    return pa.concat_tables([_conform(pq.read_table(p), schema) for p in parts])
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part in ``schema``: columns an older writer did not have (e.g. ``arm``) are null."""
+    for f in schema:
+        if f.name not in t.column_names:
+            t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
+    return t.select(schema.names).cast(schema)

@@ -4,7 +4,9 @@ A decision row's reward is 1 when the feedback log has ``reward_event`` for the
 same ``(decision_id, item_id)`` within ``window_s`` seconds after the decision,
 else 0. Decisions with no item (``position = -1``) are dropped, and so are slates
 whose length differs from ``slate_size`` (default: the most common length), since
-:mod:`recsys.data.bandit_logs` needs positions ``0..K-1`` in every request. The
+:mod:`recsys.data.bandit_logs` needs positions ``0..K-1`` in every request, and
+requests with a position whose propensity is unknown (NaN: a concurrent request
+changed an explored slate after its draw, see :mod:`recsys.service.explore`). The
 output is one Parquet file with the default columns of that format
 (``request_id, user_id, timestamp, position, item_id, click, propensity,
 logging_policy``) plus the decision log's other columns, written atomically.
@@ -48,7 +50,9 @@ def join_logs(log_dir: str | Path, out: str | Path, *, window_s: float = 3600.0,
     n_requests = len(lengths)
     if slate_size is None:
         slate_size = Counter(lengths.values()).most_common(1)[0][0] if lengths else 0
-    keep = np.array([lengths[r] == slate_size for r in req], dtype=bool)
+    props = dec.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64)
+    unknown = {r for r, p in zip(req, props) if not np.isfinite(p)}
+    keep = np.array([lengths[r] == slate_size and r not in unknown for r in req], dtype=bool)
     dec = dec.filter(pa.array(keep))
     rows_t = dec.column("timestamp").to_pylist()
     click = [int(any(0 <= t - t0 <= window_s for t in hits.get((r, i), ())))
@@ -61,5 +65,5 @@ def join_logs(log_dir: str | Path, out: str | Path, *, window_s: float = 3600.0,
     os.replace(tmp, out)
     kept = len({r for r, k in zip(req, keep) if k})
     return {"rows": table.num_rows, "requests": kept, "dropped_requests": n_requests - kept,
-            "slate_size": int(slate_size), "clicks": int(sum(click)), "window_s": float(window_s),
+            "slate_size": int(slate_size), "unknown_propensity_requests": len(unknown), "clicks": int(sum(click)), "window_s": float(window_s),
             "reward_event": reward_event, "out": str(out)}

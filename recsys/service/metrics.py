@@ -23,3 +23,6 @@ class Metrics:
                                 ["channel"], registry=r)
         self.errors = Counter("recsys_stage_errors_total", "stage failures", ["stage", "kind"], registry=r)
         self.reloads = Counter("recsys_reloads_total", "bundle reloads", ["outcome"], registry=r)
+        self.arm_decisions = Counter("recsys_arm_decisions_total", "decisions by experiment arm", ["arm"], registry=r)
+        self.rollbacks = Counter("recsys_arm_rollbacks_total", "automatic rollbacks of a challenger arm",
+                                 ["arm", "guardrail"], registry=r)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,9 +31,17 @@ import numpy as np
 
 from recsys.service.bundles import BundleHolder, BundleSet
 from recsys.service.config import ServeConfig
+from recsys.service.experiment import Route, Router, make_decision_id
+from recsys.service.explore import explore
 from recsys.service.query import query_vector
 from recsys.service.rules import category_cap_order, filter_items, mmr_order, ranker_features
 from recsys.service.state import State, StateUnavailable
+
+
+def _is_error(reason: str) -> bool:
+    """A reason that is a failure (the error-rate guardrail), not a normal fallback."""
+    return (":error" in reason or reason.endswith((":timeout", ":circuit_open")) or ":unexpected:" in reason
+            or "state_unavailable" in reason)
 
 
 class StageFailed(Exception):
@@ -65,6 +72,9 @@ class Decision:
     personalised_allowed: bool
     reasons: list[str]
     timestamp: float
+    propensities: list[float] = field(default_factory=list)  # per position: the policy's marginal P(item there)
+    arm: str = "default"
+    exploration: str = "none"       # the randomisation that drew the slate (logging_policy)
 
 
 class CircuitBreaker:
@@ -104,8 +114,9 @@ class Pipeline:
     """
 
     def __init__(self, cfg: ServeConfig, bundles: BundleHolder, state: State, metrics: Any = None,
-                 workers: int = 32):
+                 workers: int = 32, router: Router | None = None):
         self.cfg, self.bundles, self.state, self.metrics = cfg, bundles, state, metrics
+        self.router = router if router is not None else Router(cfg, bundles, metrics)
         self.breaker = CircuitBreaker(cfg.breaker.failures, cfg.breaker.cooldown_s)
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recsys-stage")
 
@@ -226,7 +237,11 @@ class Pipeline:
         now = time.time()
         lat: dict[str, float] = {}
         reasons: list[str] = []
-        bs = self.bundles.current
+        route = self.router.route(req.user_id, req.context)
+        bs = route.holder.current
+        chain = self.cfg.chain(req.channel)
+        if route.no_personalised:
+            chain = [lv for lv in chain if lv != "personalised"] or ["static"]
         state_ok, allowed, recent = True, False, []
         try:
             consent = self._state(self.state.get_consent, req.user_id, lat=lat)
@@ -240,7 +255,7 @@ class Pipeline:
             reasons.append("state_unavailable")
         drop = set(req.exclude) | set(self.cfg.blocked_items) | set(recent)
         level, ranked, scores = "static", [], {}
-        for lv in self.cfg.chain(req.channel):
+        for lv in chain:
             try:
                 if lv == "personalised":
                     if not allowed:
@@ -272,22 +287,43 @@ class Pipeline:
             ranked = ranked + [i for i in self._static(bs, drop) if i not in have]
         if self.cfg.diversity.method == "category_caps" and bs.catalogue is not None:
             ranked = category_cap_order(ranked, bs.catalogue.category, self.cfg.diversity.max_per_category)
-        decision_id = uuid.uuid4().hex
+        decision_id = make_decision_id(route.index)
+        ex = route.explore_for(req.channel)
+        explored = ex.policy != "none" and level in ex.explored_levels
+        props: list[float] = []
         if allowed and state_ok:
             try:
-                chosen = self._state(self.state.reserve, req.user_id, req.channel, ranked[: max(4 * req.k, 50)],
+                head = ranked[: max(4 * req.k, 50, ex.pool if explored else 0)]
+                if explored:  # draw among the items caps allow now, so the propensities are exact
+                    if self.cfg.caps.user_item is not None:
+                        capped = self._state(self.state.capped, req.user_id, head, self.cfg.caps, now, lat=lat)
+                        head = [i for i in head if i not in capped]
+                    slate, props = explore(ex, head, scores, req.k, np.random.default_rng(int(decision_id, 16)))
+                    head = slate + [i for i in head if i not in set(slate)]
+                chosen = self._state(self.state.reserve, req.user_id, req.channel, head,
                                      req.k, self.cfg.caps, now, decision_id, lat=lat)
+                if explored and chosen != slate[: len(chosen)]:  # a concurrent request took a capped slot
+                    j = next((p for p, (a, b) in enumerate(zip(chosen, slate)) if a != b), len(slate))
+                    props = props[:j] + [float("nan")] * (len(chosen) - j)
+                    reasons.append("explore:cap_race")
                 if self.metrics is not None and len(chosen) < min(req.k, len(ranked)):
                     self.metrics.cap_hits.labels(req.channel).inc()
             except Exception as e:  # StateUnavailable or anything else: caps cannot be checked
                 reasons.append("caps:state_unavailable" if isinstance(e, StateUnavailable)
                                else f"caps:unexpected:{type(e).__name__}")
-                level, state_ok = "static", False
+                level, state_ok, explored = "static", False, False
                 chosen = self._static(bs, drop)[: req.k]
+        elif explored:
+            chosen, props = explore(ex, ranked, scores, req.k, np.random.default_rng(int(decision_id, 16)))
         else:
             chosen = ranked[: req.k]
+        props = props[: len(chosen)] if explored else [1.0] * len(chosen)
         lat["total"] = (time.perf_counter() - t0) * 1e3
         if self.metrics is not None:
             self.metrics.fallback.labels(req.channel, level).inc()
+            self.metrics.arm_decisions.labels(route.arm).inc()
+        error = any(_is_error(r) for r in reasons)
+        self.router.record_decision(route, lat["total"], level != chain[0], error)
         return Decision(decision_id, chosen, [scores.get(i) for i in chosen], level, dict(bs.versions),
-                        {k: round(v, 3) for k, v in lat.items()}, allowed, reasons, now)
+                        {k: round(v, 3) for k, v in lat.items()}, allowed, reasons, now, props, route.arm,
+                        ex.name if explored else "none")

@@ -45,6 +45,7 @@ class State(Protocol):
     def counters(self, user: str | None, items: Sequence[str]) -> tuple[tuple[float, float], np.ndarray]: ...
     def reserve(self, user: str, channel: str, candidates: Sequence[str], k: int, caps: Caps, now: float,
                 decision_id: str) -> list[str]: ...
+    def capped(self, user: str, items: Sequence[str], caps: Caps, now: float) -> set[str]: ...
 
 
 def _cap_args(caps: Caps) -> list[float]:
@@ -127,6 +128,14 @@ class InProcessState:
         while d and d[0] <= now - window:
             d.popleft()
         return len(d)
+
+    def capped(self, user: str, items: Sequence[str], caps: Caps, now: float) -> set[str]:
+        """The items at their user x item cap now (read only: exploration draws from the rest)."""
+        if caps.user_item is None:
+            return set()
+        lim, win = int(caps.user_item.limit), float(caps.user_item.window_s)
+        with self._lock:
+            return {i for i in items if self._count(f"ui:{user}\x1f{i}", now, win) >= lim}
 
     def reserve(self, user: str, channel: str, candidates: Sequence[str], k: int, caps: Caps, now: float,
                 decision_id: str) -> list[str]:
@@ -328,6 +337,19 @@ class RedisState:
         n = len(items)
         u = (float(c[n]), float(m[n])) if user else (0.0, 0.0)
         return u, np.stack([c[:n], m[:n]], axis=1) if n else np.zeros((0, 2))
+
+    def capped(self, user: str, items: Sequence[str], caps: Caps, now: float) -> set[str]:
+        """The items at their user x item cap now (read only: exploration draws from the rest)."""
+        if caps.user_item is None or not items:
+            return set()
+        lim, win = int(caps.user_item.limit), float(caps.user_item.window_s)
+
+        def run() -> set[str]:
+            pipe = self.r.pipeline(transaction=False)
+            for i in items:
+                pipe.zcount(self.p + f"cap:ui:{user}\x1f{i}", f"({now - win}", "+inf")
+            return {i for i, c in zip(items, pipe.execute()) if int(c) >= lim}
+        return self._call(run)
 
     def reserve(self, user: str, channel: str, candidates: Sequence[str], k: int, caps: Caps, now: float,
                 decision_id: str) -> list[str]:

@@ -10,6 +10,7 @@ import numpy as np
 from recsys.data.prepare import PreparedData
 from recsys.data.splits import EvalSet, Split
 from recsys.evaluation.beyond import beyond_accuracy
+from recsys.evaluation.fairness_report import FairnessOptions, split_fairness
 from recsys.evaluation.ranking import evaluate_ranking
 from recsys.utils.sparse import CSR
 
@@ -29,13 +30,16 @@ class EvalOptions:
     beyond_k: int = 10
     device: str | None = None
     item_category_column: str | None = "category"
+    fairness: FairnessOptions | None = None  # enabled: test metrics by user group, item exposure
 
 
 def evaluate_split(model: Scorer, data: PreparedData, split: Split, opts: EvalOptions) -> dict[str, Any]:
     """Fit ``model`` on the training part, evaluate on validation and test.
 
     Returns metrics keyed ``val/<metric>`` and ``test/<metric>`` (test also gets
-    beyond-accuracy metrics at ``beyond_k``) and timings in seconds.
+    beyond-accuracy metrics at ``beyond_k``) and timings in seconds; with
+    ``opts.fairness.enabled`` also ``fairness`` (see
+    :func:`recsys.evaluation.fairness_report.fairness_report`) for the test set.
     """
     users, items, _ = split.train_arrays()
     t0 = time.perf_counter()
@@ -50,20 +54,26 @@ def evaluate_split(model: Scorer, data: PreparedData, split: Split, opts: EvalOp
         if len(es) == 0:
             continue
         t0 = time.perf_counter()
-        res = _evaluate(model, es, data.n_items, opts, top_k=opts.beyond_k if name == "test" else 0)
+        fair = name == "test" and opts.fairness is not None and opts.fairness.enabled
+        res = _evaluate(model, es, data.n_items, opts, top_k=opts.beyond_k if name == "test" else 0, keep_per_user=fair)
         timings[f"{name}_eval_s"] = time.perf_counter() - t0
         out.update({f"{name}/{k}": v for k, v in res.metrics.items()})
         out[f"{name}/n_users"] = res.n_users
         if res.top_items is not None:
             extra = beyond_accuracy(res.top_items, data.n_items, counts, n_train_users, item_category=categories)
             out.update({f"{name}/{k}": v for k, v in extra.items()})
+        if fair:
+            assert opts.fairness is not None
+            t0 = time.perf_counter()
+            out["fairness"] = split_fairness(data, split, res.per_user, res.top_items, opts.fairness)
+            timings["fairness_s"] = time.perf_counter() - t0
     out["timings"] = timings
     return out
 
 
-def _evaluate(model: Scorer, es: EvalSet, n_items: int, opts: EvalOptions, top_k: int):
+def _evaluate(model: Scorer, es: EvalSet, n_items: int, opts: EvalOptions, top_k: int, keep_per_user: bool = False):
     return evaluate_ranking(
         model.score, es.users, es.history, es.targets, n_items, ks=opts.ks,
         exclude_history=opts.exclude_history, ties=opts.ties, batch_size=opts.batch_size,
-        device=opts.device, top_k=top_k,
+        device=opts.device, top_k=top_k, keep_per_user=keep_per_user,
     )

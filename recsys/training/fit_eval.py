@@ -55,7 +55,9 @@ def fit_and_evaluate(trainer: L.Trainer, module: Any, datamodule: Any, data: Any
     (``max_epochs`` and ``max_steps`` not 0: e.g. no training batches) raises
     :class:`TrainingError` instead of evaluating an untrained model.
 
-    Returns ``{"metrics", "best_checkpoint", "rank", "timings", "resumed_from"}``.
+    Returns ``{"metrics", "best_checkpoint", "rank", "timings", "resumed_from", "test_per_user",
+    "test_top_items"}`` (the last two: the module's per-user test metrics and top-k
+    lists in test-set row order, or ``None``; for the fairness report).
     ``timings``: ``fit_s``; ``epochs_run`` / ``optimizer_steps_run``: what this call
     trained; ``epochs_total`` / ``optimizer_steps_total``: counted from the start of
     training, checkpointed epochs included (``trainer.current_epoch`` /
@@ -106,4 +108,5 @@ def fit_and_evaluate(trainer: L.Trainer, module: Any, datamodule: Any, data: Any
                "optimizer_steps_run": steps_total - start_step, "optimizer_steps_total": steps_total,
                "s_per_epoch": fit_s / max(epochs_run, 1)}
     return {"metrics": metrics, "best_checkpoint": best, "rank": trainer.global_rank, "timings": timings,
-            "resumed_from": resumed}
+            "resumed_from": resumed, "test_per_user": getattr(module, "per_user", {}).get("test"),
+            "test_top_items": top_items.get("test")}

@@ -159,7 +159,8 @@ def test_every_shipped_config_passes_the_checks():
 
     register_resolvers()
     root_of = {"data": "evaluate", "split": "evaluate", "model": "evaluate", "evaluation": "evaluate",
-               "ranker": "rank_train", "index": "index_build", "features": "features_build", "policy": "ope"}
+               "ranker": "rank_train", "index": "index_build", "features": "features_build", "policy": "ope",
+               "registry": "registry"}
     jobs = [(name, []) for name in sorted({c.config for c in COMMANDS.values()})]
     groups = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
     for group in groups:

@@ -59,6 +59,7 @@ class SequentialRecModule(L.LightningModule):
         self.top_k = top_k
         self.results: dict[str, dict[str, float]] = {}
         self.top_items: dict[str, np.ndarray] = {}  # split -> (U, top_k) lists, rows in EvalSet order
+        self.per_user: dict[str, dict[str, np.ndarray]] = {}  # split -> {metric: (U,)}, rows in EvalSet order
 
     # ---- training -------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -146,6 +147,7 @@ class SequentialRecModule(L.LightningModule):
         per_user = {n: v.cpu()[order].numpy() for n, v in local.items()}
         if "_top" in per_user:
             self.top_items[prefix] = per_user.pop("_top")
+        self.per_user[prefix] = per_user
         metrics = aggregate(per_user) if len(rows) else {}
         self.results[prefix] = {f"{prefix}/{k}": v for k, v in metrics.items()}
         self.results[prefix][f"{prefix}/n_users"] = int(len(rows))
