@@ -53,7 +53,7 @@ def config(paths: dict[str, Path], tmp: Path, **over: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "bundles": {"ranker": str(paths["ranker"]), "index": str(paths["index"]),
                     "catalogue": str(paths["catalogue"]), "users": str(paths["users"])},
-        "budgets": {"state_ms": 500, "retrieve_ms": 500, "rank_ms": 1000},
+        "budgets": {"state_ms": 500, "queue_ms": 500, "query_ms": 500, "retrieve_ms": 500, "rank_ms": 1000},
         "decision_log": {"directory": str(tmp / "log"), "flush_interval_s": 0.2},
         "blocked_items": ["7"],
         "static_items": [str(i) for i in range(1, 41)],

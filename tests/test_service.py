@@ -443,3 +443,29 @@ def test_served_ctr_features_equal_the_offline_definition(paths, tmp_path):
     np.testing.assert_allclose(feats["user_log_imps"], np.log1p(ui[new]), rtol=1e-6)
     np.testing.assert_allclose(feats["item_ctr"], smoothed_ctr(ic[new], ii[new]), rtol=1e-6)
     np.testing.assert_allclose(feats["item_log_imps"], np.log1p(ii[new]), rtol=1e-6)
+
+
+def test_consent_list_applied_at_start_revokes_and_keeps_api_choices(paths, tmp_path):
+    import polars as pl
+
+    events = tmp_path / "events.parquet"
+    pl.DataFrame({"user_id": ["42"] * 5 + ["9"] * 5, "item_id": [str(i) for i in range(20, 30)],
+                  "timestamp": [float(t) for t in range(10)], "event_type": ["click"] * 10}).write_parquet(events)
+    consent = tmp_path / "consent.csv"
+    consent.write_text("user_id,granted\n42,false\n9,true\n13,true\n")
+    state = Recording()
+    state.set_consent("13", False)  # chosen through the API before this start: kept
+    cfg = config(paths, tmp_path, consent_list=str(consent))
+    cfg["bundles"] = {**cfg["bundles"], "events": str(events)}
+    app = create_app(serve_config(cfg), state=state)
+    assert state.get_consent("42") is False and state.get_consent("9") is True and state.get_consent("13") is False
+    assert state.recent_items("42", 10) == [] and len(state.recent_items("9", 10)) == 5  # the revoked user not warmed
+    with client(app) as c:
+        out = rec(c, user="42", k=6)
+        assert out["level"] != "personalised" and "no_consent" in out["reasons"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,granted\n42,maybe\n")
+    from recsys.service.bundles import BundleSetError
+
+    with pytest.raises(BundleSetError, match=r"bad.csv.*row 0: granted='maybe'"):
+        create_app(serve_config(config(paths, tmp_path, consent_list=str(bad))))

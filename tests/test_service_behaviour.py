@@ -59,7 +59,7 @@ def paths(world, tmp_path_factory):
 
 def cfg(paths, tmp_path, **over):
     return serve_config({"bundles": {k: str(v) for k, v in paths.items()},
-                         "budgets": {"state_ms": 2000, "query_ms": 2000, "retrieve_ms": 2000, "rank_ms": 2000},
+                         "budgets": {"state_ms": 2000, "queue_ms": 2000, "query_ms": 2000, "retrieve_ms": 2000, "rank_ms": 2000},
                          "decision_log": {"directory": str(tmp_path / "log"), "flush_interval_s": 0.2},
                          "diversity": {"method": "none"}, "caps": {"user_item": None}, **over})
 

@@ -68,7 +68,7 @@ def test_encoder_bundle_maps_raw_item_ids(paths):
 
 def test_recent_items_through_the_encoder_are_the_ann_query(paths, tmp_path):
     cfg = serve_config({"bundles": {k: str(paths[k]) for k in ("encoder", "index", "ranker", "catalogue", "users")},
-                        "budgets": {"state_ms": 2000, "query_ms": 2000, "retrieve_ms": 2000, "rank_ms": 2000},
+                        "budgets": {"state_ms": 2000, "queue_ms": 2000, "query_ms": 2000, "retrieve_ms": 2000, "rank_ms": 2000},
                         "decision_log": {"directory": str(tmp_path / "log")}, "diversity": {"method": "none"}})
     app = create_app(cfg)
     bs = app.state.holder.current

@@ -29,17 +29,27 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     fs = instantiate(cfg.features)
+    consent = None
+    if cfg.get("consent"):
+        from recsys.features.consent import read_consent_list
+
+        consent = read_consent_list(str(cfg.consent), default=bool(cfg.consent_default))
     events, items = _events_frame(cfg)
     out = Path(str(cfg.out))
     manifest = build_features(events, items, fs, out, label=events if isinstance(events, str) else "<synthetic events>",
                               config=OmegaConf.to_container(cfg.features, resolve=True), as_of=cfg.as_of, ttl=cfg.ttl,
                               resolve=bool(cfg.resolve_identities), online_state=bool(cfg.online_state),
-                              threads=cfg.get("threads"))
+                              threads=cfg.get("threads"), consent=consent)
     rows, as_of = manifest["rows"], manifest["as_of"]
+    if manifest.get("consent"):
+        c = manifest["consent"]
+        print(f"consent list {c['path']}: {c['rows_dropped']} events of {c['users_dropped']} users without consent "
+              f"dropped")
     print(f"features {fs.version} as of {as_of:.0f}: " + ", ".join(f"{e} {n} rows" for e, n in rows.items())
           + f" -> {out}")
     path = write_summary(cfg, {"command": "features build", "feature_set": fs.version, "as_of": as_of,
                                "rows": rows, "out": str(out), "identity": manifest["identity"],
+                               "consent": manifest.get("consent"),
                                "timings": {"total_s": time.perf_counter() - t0}})
     print(f"summary: {path}")
     return manifest
@@ -98,21 +108,51 @@ def skew(cfg: DictConfig) -> dict[str, Any]:
 
 
 def erase(cfg: DictConfig) -> dict[str, Any]:
-    from recsys.features.erasure import Targets, erase_user, report_lines, verify_erased
+    from recsys.features.erasure import (Targets, add_external, add_traces, erase_user, report_lines, user_trace,
+                                         verify_erased)
 
     user = erase_user_id(cfg)
+    state_url = str(cfg.state_url) if cfg.get("state_url") else None
     targets = Targets(events=str(cfg.events), features_dir=cfg.get("features_dir"),
                       online_state=cfg.get("online_state"), runs=as_paths(cfg.get("run")),
                       indexes=as_paths(cfg.get("index_bundle")), cache_dir=cfg.get("cache_dir"),
-                      items=str(cfg["items"]) if cfg.get("items") else None)
+                      items=str(cfg["items"]) if cfg.get("items") else None, identity=cfg.get("identity"),
+                      decision_logs=as_paths(cfg.get("decision_logs")), ab_archives=as_paths(cfg.get("ab_archives")),
+                      state_url=state_url, registry=cfg.get("model_registry"))
     verify = bool(cfg.get("verify", False))
-    res = verify_erased(user, targets) if verify else erase_user(user, targets)
+    receipt = Path(str(cfg.receipt)) if cfg.get("receipt") else None
+    if receipt is None and not verify:
+        receipt = Path(str(cfg.paths.output_dir)) / "erasure_receipt.json"
+    prefix, uri = str(cfg.state_prefix), cfg.get("model_registry_uri")
+    trace = user_trace(user, targets, receipt if verify else None)
+    if verify:
+        res = verify_erased(user, targets, receipt)
+        if state_url:
+            from recsys.service.erase import scan_state
+
+            add_traces(res, "state", scan_state(state_url, lambda v: trace.has("user_id", v),
+                                                lambda v: trace.has("session_id", v), prefix))
+        if targets.registry is not None:
+            from recsys.lifecycle.erasure import list_retrain_due
+
+            res["retrain_due"] = list_retrain_due(targets.registry, uri)
+    else:
+        res = erase_user(user, targets, receipt)
+        if state_url:
+            from recsys.service.erase import erase_state
+
+            add_external(res, "state", erase_state(state_url, trace.user_ids, trace.session_ids, prefix))
+        if targets.registry is not None:
+            from recsys.lifecycle.erasure import flag_trained_on
+
+            add_external(res, "registry", flag_trained_on(targets.registry, res["user_data"], trace, uri))
     for line in report_lines(res, verify=verify):
         print(line)
     path = write_summary(cfg, {"command": "data erase --verify" if verify else "data erase", **res})
     print(f"summary: {path}")
-    if verify and res["traces"]:
-        first = res["traces"][0]
-        raise DataError(first["path"], f"{len(res['traces'])} traces of user {user!r} remain "
+    if verify and not res["clean"]:
+        first = (res["traces"] or res["cannot_change"])[0]
+        raise DataError(first["path"], f"{len(res['traces'])} traces of user {user!r} remain, "
+                                       f"{len(res['cannot_change'])} in copies this command cannot change "
                                        f"(first: column {first['column']})")
     return res

@@ -82,10 +82,36 @@ class ReloadIn(BaseModel):
     arm: str | None = None   # an experiment arm (default: the champion)
 
 
-def warm_state(state: State, path: str, cfg: ServeConfig) -> None:
+def apply_consent_list(state: State, path: str, default: bool) -> Any:
+    """The consent list (:mod:`recsys.features.consent`) into the state store: every
+    revocation is recorded and the user's state erased (as ``PUT .../consent``
+    ``{granted: false}`` does); a grant is recorded for users with no recorded choice
+    (a choice made through the API since is kept). Returns the list."""
+    from recsys.features.consent import read_consent_list
+    from recsys.service.bundles import BundleSetError
+    from recsys.utils.errors import DataError
+
+    try:
+        consent = read_consent_list(path, default)
+    except DataError as e:
+        raise BundleSetError(str(e)) from None
+    try:
+        for user in sorted(consent.revoked):
+            state.set_consent(user, False)
+            state.forget_user(user)
+        for user in sorted(consent.granted):
+            if state.get_consent(user) is None:
+                state.set_consent(user, True)
+    except StateUnavailable as e:  # consent unreadable -> the pipeline serves non-personalised anyway
+        print(f"warning: consent list {path} not applied to the state store: {e}", flush=True)
+    return consent
+
+
+def warm_state(state: State, path: str, cfg: ServeConfig, consent: Any = None) -> None:
     """Recent items per user and popularity from an event store (Parquet with
     user_id, item_id, timestamp, event_type), so known users start with their
-    history; behavioural events only, in time order."""
+    history; behavioural events only, in time order; none of a user the consent
+    list does not allow."""
     import hashlib
 
     import pyarrow.compute as pc
@@ -99,6 +125,8 @@ def warm_state(state: State, path: str, cfg: ServeConfig) -> None:
         raise BundleSetError(f"{path}: cannot read the events (user_id, item_id, timestamp, event_type): "
                              f"{str(e).splitlines()[0]}") from None
     t = t.filter(pc.is_in(t["event_type"], pa.array(list(cfg.event_weights)))).sort_by("timestamp")
+    if consent is not None:
+        t = t.filter(pa.array([consent.allows(str(u)) for u in t["user_id"].to_pylist()], pa.bool_()))
     weights = [float(cfg.event_weights[e]) for e in t["event_type"].to_pylist()]
     with open(path, "rb") as f:
         tag = hashlib.sha256(f.read()).hexdigest()[:16]
@@ -109,6 +137,42 @@ def warm_state(state: State, path: str, cfg: ServeConfig) -> None:
         print(f"warning: state not warmed from {path}: {e}", flush=True)
 
 
+class BoundAndCount:
+    """ASGI middleware (a plain one: Starlette's ``BaseHTTPMiddleware`` costs a task
+    and a stream per request): refuses POST/PUT bodies without a ``content-length``
+    within the limit (413), counts requests by route and status, times them."""
+
+    def __init__(self, app: Any, max_body_bytes: int, metrics: Metrics):
+        self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t = time.perf_counter()
+        if scope["method"] in ("POST", "PUT"):
+            size = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            if size is None or not size.isdigit() or int(size) > self.max_body_bytes:
+                response = JSONResponse({"detail": f"request body must declare a content-length <= "
+                                                   f"{self.max_body_bytes} bytes"}, status_code=413)
+                self.metrics.requests.labels(scope["path"], "413").inc()
+                await response(scope, receive, send)
+                return
+        status = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(path, str(status[0])).inc()
+            self.metrics.request_latency.labels(path).observe(time.perf_counter() - t)
+
+
 def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHolder | None = None) -> FastAPI:
     """The app of one service instance. ``state`` / ``bundles`` default to what ``cfg``
     names (a bundle set that fails its checks raises :class:`BundleSetError`)."""
@@ -117,8 +181,9 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
     holder = bundles if bundles is not None else BundleHolder(cfg.bundles)
     router = Router(cfg, holder, metrics)
     pipeline = Pipeline(cfg, holder, state, metrics, router=router)
+    consent = apply_consent_list(state, cfg.consent_list, cfg.consent_default) if cfg.consent_list else None
     if cfg.bundles.events is not None:  # recent items and popularity from the event store
-        warm_state(state, cfg.bundles.events, cfg)
+        warm_state(state, cfg.bundles.events, cfg, consent)
     log = feedback = None
     if cfg.decision_log.directory:
         d = cfg.decision_log
@@ -142,22 +207,7 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
     app.state.decision_log, app.state.feedback_log, app.state.service_state = log, feedback, state
     app.state.router = router
 
-    @app.middleware("http")
-    async def bound_and_count(request: Request, call_next):  # noqa: ANN001, ANN202
-        t = time.perf_counter()
-        if request.method in ("POST", "PUT"):
-            size = request.headers.get("content-length")
-            if size is None or not size.isdigit() or int(size) > cfg.max_body_bytes:
-                response = JSONResponse({"detail": f"request body must declare a content-length <= "
-                                                   f"{cfg.max_body_bytes} bytes"}, status_code=413)
-                metrics.requests.labels(request.url.path, "413").inc()
-                return response
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.request_latency.labels(path).observe(time.perf_counter() - t)
-        return response
+    app.add_middleware(BoundAndCount, max_body_bytes=cfg.max_body_bytes, metrics=metrics)
 
     @app.post("/v1/recommend", response_model=RecommendResponse)
     def recommend(body: RecommendIn) -> RecommendResponse:

@@ -52,6 +52,14 @@ class Catalogue:
     unavailable: set[str] = field(default_factory=set)
     columns: dict[str, dict[str, float]] = field(default_factory=dict)  # ranker input -> item -> value
     known: set[str] = field(default_factory=set)                        # every key listed
+    _servable: set[str] | None = field(default=None, repr=False)
+
+    @property
+    def servable(self) -> set[str]:
+        """Listed and not unavailable (computed once)."""
+        if self._servable is None:
+            self._servable = self.known - self.unavailable
+        return self._servable
 
     @classmethod
     def read(cls, path: str | Path, key: str = "item_id") -> "Catalogue":
@@ -85,6 +93,12 @@ class BundleSet:
     catalogue: Catalogue | None = None
     users: Catalogue | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    # the static level's list with unavailable / unknown items already removed (filled
+    # by the pipeline on first use: a set is immutable once loaded)
+    static_base: list[str] | None = None
+    # the ranker's item-level inputs as arrays by catalogue row (filled by
+    # recsys.service.rules.ranker_features on first use)
+    item_inputs: Any = None
 
 
 def _exists(path: str | None, what: str) -> Path | None:

@@ -35,9 +35,12 @@ class BundlePaths:
 
 @dataclass
 class Budgets:
-    """Per-stage time budgets in milliseconds; a stage past its budget drops a level."""
+    """Per-stage time budgets in milliseconds; a stage past its budget drops a level.
+    ``queue_ms``: how long a request may wait for a personalised-level thread (all
+    busy: the service is overloaded and the request degrades to the next level)."""
 
     state_ms: float = 50.0
+    queue_ms: float = 20.0
     query_ms: float = 50.0
     retrieve_ms: float = 50.0
     rank_ms: float = 100.0
@@ -135,12 +138,14 @@ class ServeConfig:
     fallback: dict[str, list[str]] = field(default_factory=lambda: {"default": list(LEVELS)})
     n_candidates: int = 200           # ANN candidates retrieved (before filters)
     n_rank: int = 200                 # of those left after filters, the best by ANN score go to the ranker
+    level_threads: int = 2            # personalised levels computed at once per worker (more queue, see budgets.queue_ms)
     max_k: int = 100
     max_body_bytes: int = 65536
     recent_items: int = 50            # per-user recent items kept (the seen filter)
     static_items: list[str] = field(default_factory=list)  # last level; empty: catalogue order
     blocked_items: list[str] = field(default_factory=list)
     consent_default: bool = True      # consent of a user who never set it
+    consent_list: str | None = None   # Parquet/CSV user_id, granted: applied to the state at start (recsys.features.consent)
     min_confidence: float = 0.0       # personalised level needs max P(click) >= this
     event_weights: dict[str, float] = field(default_factory=lambda: {"view": 1.0, "click": 2.0,
                                                                      "add_to_cart": 3.0, "purchase": 5.0})
@@ -266,6 +271,8 @@ def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
         cap = getattr(cfg.caps, name)
         if cap is not None and (int(cap.limit) < 0 or float(cap.window_s) <= 0):
             raise ServiceConfigError(f"serve.caps.{name}: expected limit >= 0 and window_s > 0")
+    if not 1 <= cfg.level_threads <= 256:
+        raise ServiceConfigError(f"serve.level_threads: expected 1..256, got {cfg.level_threads}")
     if not 1 <= cfg.max_k <= 1000 or cfg.n_candidates < 1 or cfg.n_rank < 1:
         raise ServiceConfigError("serve.max_k: expected 1..1000; serve.n_candidates, serve.n_rank: expected >= 1")
     b = cfg.bundles

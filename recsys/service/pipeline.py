@@ -105,8 +105,31 @@ class CircuitBreaker:
         return not self.allow(stage)
 
 
+class _Progress:
+    """What the thread computing a level is doing: the stage and its deadline (on the
+    ``time.perf_counter`` clock), read by the waiting request thread; ``abandoned``
+    tells the worker its result is no longer wanted."""
+
+    __slots__ = ("stage", "started", "deadline", "abandoned", "lat")
+
+    def __init__(self, started: float, deadline: float):
+        self.stage, self.started, self.deadline, self.abandoned = "queue", started, deadline, False
+        self.lat: dict[str, float] = {}
+
+    def enter(self, stage: str, budget_ms: float, now: float | None = None) -> None:
+        t = time.perf_counter() if now is None else now
+        self.stage, self.started, self.deadline = stage, t, t + budget_ms / 1e3
+
+
 class Pipeline:
-    """Args:
+    """The personalised level runs on a pool of ``cfg.level_threads`` threads, one
+    hand-off per request: its stages run inline there, and the request thread
+    watches each stage's deadline (:meth:`_level`), so a stage past its budget is cut
+    off exactly as if it had its own thread, without a thread hop per stage. A
+    request that waits longer than ``budgets.queue_ms`` for a level thread (overload)
+    drops to the next level instead of queueing.
+
+    Args:
         cfg: the serving config.
         bundles: the holder of the current bundle set.
         state: the state backend.
@@ -119,9 +142,11 @@ class Pipeline:
         self.router = router if router is not None else Router(cfg, bundles, metrics)
         self.breaker = CircuitBreaker(cfg.breaker.failures, cfg.breaker.cooldown_s)
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recsys-stage")
+        self.level_pool = cf.ThreadPoolExecutor(max_workers=cfg.level_threads, thread_name_prefix="recsys-level")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.level_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ stages
 
@@ -152,6 +177,68 @@ class Pipeline:
                 self.metrics.stage_latency.labels(stage).observe(dt)
         self.breaker.success(stage)
         return out
+
+    def _inline(self, stage: str, budget_ms: float, fn: Callable, *args: Any, prog: _Progress) -> Any:
+        """``fn(*args)`` on the level's thread; the request thread cuts it off at
+        ``budget_ms`` (see :meth:`_level`). Failures count as in :meth:`_stage`."""
+        if prog.abandoned:
+            raise StageFailed(stage, "abandoned")
+        if not self.breaker.allow(stage):
+            raise StageFailed(stage, "circuit_open")
+        t = time.perf_counter()
+        prog.enter(stage, budget_ms, t)
+        try:
+            out = fn(*args)
+        except StateUnavailable:
+            raise
+        except Exception as e:  # any failure of a model / index call drops a level
+            if not prog.abandoned:
+                self.breaker.failure(stage)
+                self._error(stage, "error")
+            raise StageFailed(stage, f"error ({type(e).__name__}: {str(e)[:120]})") from None
+        finally:
+            dt = time.perf_counter() - t
+            prog.lat[stage] = prog.lat.get(stage, 0.0) + dt * 1e3
+            if self.metrics is not None and not prog.abandoned:
+                self.metrics.stage_latency.labels(stage).observe(dt)
+        if not prog.abandoned:  # a late success after the request gave up does not close the circuit
+            self.breaker.success(stage)
+        return out
+
+    def _level(self, fn: Callable, *args: Any, lat: dict[str, float]) -> Any:
+        """``fn(*args, prog)`` on a level thread, watched stage by stage: when the stage
+        in progress passes its deadline the request goes on without the result
+        (:class:`StageFailed` ``timeout``; the thread's later result is dropped)."""
+        t0 = time.perf_counter()
+        prog = _Progress(t0, t0 + self.cfg.budgets.queue_ms / 1e3)
+        fut = self.level_pool.submit(fn, *args, prog)
+        try:
+            while True:
+                stage, deadline = prog.stage, prog.deadline
+                try:
+                    return fut.result(timeout=max(0.0, deadline - time.perf_counter()))
+                except cf.TimeoutError:
+                    if prog.stage != stage or prog.deadline != deadline:
+                        continue  # the thread moved on to the next stage in time
+                    prog.abandoned = True
+                    if stage == "state":  # as in _state: a state call past its budget is the state unavailable
+                        self.breaker.failure("state")
+                        self._error("state", "timeout")
+                        raise StateUnavailable("state: timeout") from None
+                    if stage == "queue":  # every level thread busy: overloaded, not the stage's fault
+                        fut.cancel()
+                        self._error("personalised", "overloaded")
+                        raise StageFailed("personalised", "overloaded") from None
+                    self.breaker.failure(stage)
+                    self._error(stage, "timeout")
+                    dt = time.perf_counter() - prog.started
+                    lat[stage] = lat.get(stage, 0.0) + dt * 1e3
+                    if self.metrics is not None:
+                        self.metrics.stage_latency.labels(stage).observe(dt)
+                    raise StageFailed(stage, "timeout") from None
+        finally:
+            for k, v in list(prog.lat.items()):
+                lat[k] = lat.get(k, 0.0) + v
 
     def _error(self, stage: str, kind: str) -> None:
         if self.metrics is not None:
@@ -184,51 +271,66 @@ class Pipeline:
 
     # ------------------------------------------------------------ levels
 
+    def _level_stages(self, bs: BundleSet) -> tuple[str, ...]:
+        if bs.ranker is None:
+            return ("query", "index")
+        return ("query", "index", "ranker", "diversity") if self.cfg.diversity.method == "mmr" else \
+            ("query", "index", "ranker")
+
     def _personalised(self, bs: BundleSet, req: Request, recent: list[str], drop: set[str], t: float,
-                      lat: dict[str, float]) -> tuple[list[str], dict[str, float]]:
+                      prog: _Progress) -> tuple[list[str], dict[str, float]]:
+        """The personalised level, on a level thread (:meth:`_level`)."""
         if bs.index is None:
             raise StageFailed("index", "missing_bundle")
-        b = self.cfg.budgets
+        b, lat = self.cfg.budgets, prog.lat
         idx = bs.index
         # the encoder over the recent items, else the index's user vector (recsys.service.query)
-        q = self._stage("query", b.query_ms, query_vector, bs, req.user_id, recent, lat=lat)
+        q = self._inline("query", b.query_ms, query_vector, bs, req.user_id, recent, prog=prog)
         if q is None:
             raise StageFailed("query", "cold_start")
         n = min(self.cfg.n_candidates + len(drop), idx.n_items)
-        hits = self._stage("index", b.retrieve_ms, idx.search, q, n, lat=lat)
-        ann = {i: float(s) for i, s, r in zip(hits.ids[0].tolist(), hits.scores[0].tolist(), hits.rows[0].tolist())
-               if r >= 0}
-        cands = filter_items(ann, drop=drop, catalogue=bs.catalogue)[: self.cfg.n_rank]
+        hits = self._inline("index", b.retrieve_ms, idx.search, q, n, prog=prog)
+        valid = hits.rows[0] >= 0
+        ids = hits.ids[0][valid].tolist()
+        cands = filter_items(ids, drop=drop, catalogue=bs.catalogue, limit=self.cfg.n_rank)
         if len(cands) < req.k:
             raise StageFailed("index", f"too_few_candidates ({len(cands)} < k={req.k})")
         if bs.ranker is None:
+            ann = dict(zip(ids, hits.scores[0][valid].tolist()))
             return cands, {i: ann[i] for i in cands}
+        prog.enter("state", b.state_ms)
         ucounts, icounts = self._state(self.state.counters, req.user_id, cands, lat=lat)
         if bs.behaviour is not None:  # events other replicas published since the last request
             self._state(bs.behaviour.sync, self.state, lat=lat)
-        p = self._stage("ranker", b.rank_ms, lambda: bs.ranker.predict_proba(
-            ranker_features(bs, req.user_id, cands, t, ucounts, icounts)), lat=lat)
+        p = self._inline("ranker", b.rank_ms, lambda: bs.ranker.predict_proba(
+            ranker_features(bs, req.user_id, cands, t, ucounts, icounts)), prog=prog)
         if float(np.max(p)) < self.cfg.min_confidence:
             raise StageFailed("ranker", f"low_confidence (max P {float(np.max(p)):.3f})")
         order = np.argsort(-p, kind="stable")
         ranked = [cands[j] for j in order]
         scores = {cands[j]: float(p[j]) for j in order}
         d = self.cfg.diversity
-        if d.method == "mmr":
-            vecs = idx.item_vectors(idx.item_rows(ranked[: max(4 * req.k, 50)]))  # (m, D) stored vectors
+        if d.method == "mmr":  # greedy picks are prefix-stable: the first 2k picks are the slate's MMR
             head = min(len(ranked), max(4 * req.k, 50))  # what caps can look at; the tail keeps its rank order
-            ranked = mmr_order(ranked[:head], np.array([scores[i] for i in ranked[:head]]), vecs[:head], head,
-                               d.mmr_lambda) + ranked[head:]
+            ranked = self._inline("diversity", b.rank_ms, lambda: mmr_order(
+                ranked[:head], np.array([scores[i] for i in ranked[:head]]),
+                idx.item_vectors(idx.item_rows(ranked[:head])), min(head, 2 * req.k), d.mmr_lambda) + ranked[head:],
+                prog=prog)
         return ranked, scores
 
     def _popular(self, bs: BundleSet, segment: str | None, drop: set[str], lat: dict[str, float]) -> list[str]:
         items = self._state(self.state.popular, segment, self.cfg.n_candidates + len(drop), lat=lat)
         return filter_items(items, drop=drop, catalogue=bs.catalogue)
 
-    def _static(self, bs: BundleSet, drop: set[str]) -> list[str]:
-        items = self.cfg.static_items or (bs.catalogue.item_ids.tolist() if bs.catalogue is not None
-                                          else bs.index.item_ids.tolist() if bs.index is not None else [])
-        return filter_items(items, drop=drop, catalogue=bs.catalogue)
+    def _static(self, bs: BundleSet, drop: set[str], n: int) -> list[str]:
+        """The first ``n`` items of the static list (configured, else catalogue order)
+        not in ``drop``; the availability filter over the whole list runs once per
+        bundle set, so this costs O(n + |drop|), not O(catalogue)."""
+        if bs.static_base is None:
+            items = self.cfg.static_items or (bs.catalogue.item_ids.tolist() if bs.catalogue is not None
+                                              else bs.index.item_ids.tolist() if bs.index is not None else [])
+            bs.static_base = filter_items(items, drop=set(), catalogue=bs.catalogue)
+        return filter_items(bs.static_base, drop=drop, limit=n)
 
     # ------------------------------------------------------------ one request
 
@@ -254,13 +356,18 @@ class Pipeline:
             state_ok, allowed = False, False
             reasons.append("state_unavailable")
         drop = set(req.exclude) | set(self.cfg.blocked_items) | set(recent)
+        ex = route.explore_for(req.channel)
+        need = max(4 * req.k, 50, ex.pool if ex.policy != "none" else 0)  # what caps / exploration look at
         level, ranked, scores = "static", [], {}
         for lv in chain:
             try:
                 if lv == "personalised":
                     if not allowed:
                         raise StageFailed("personalised", "not_allowed")
-                    ranked, scores = self._personalised(bs, req, recent, drop, now, lat)
+                    for st in self._level_stages(bs):  # an open circuit: no thread hand-off at all
+                        if not self.breaker.allow(st):
+                            raise StageFailed(st, "circuit_open")
+                    ranked, scores = self._level(self._personalised, bs, req, recent, drop, now, lat=lat)
                 elif lv in ("segment_popularity", "global_popularity"):
                     seg = req.context.get("segment") if lv == "segment_popularity" else None
                     if not state_ok or (lv == "segment_popularity" and seg is None):
@@ -269,7 +376,7 @@ class Pipeline:
                     if not ranked:
                         raise StageFailed(lv, "empty")
                 else:
-                    ranked = self._static(bs, drop)
+                    ranked = self._static(bs, drop, need)
                 level = lv
                 break
             except StageFailed as e:
@@ -281,14 +388,12 @@ class Pipeline:
                 self._error(lv, "unexpected")
                 reasons.append(f"{lv}:unexpected:{type(e).__name__}")
         else:  # every listed level failed: the static list is the floor
-            level, ranked = "static", self._static(bs, drop)
+            level, ranked = "static", self._static(bs, drop, need)
         if len(ranked) < 2 * req.k and level != "static":  # short of k (caps may skip some): backfill from the static list
-            have = set(ranked)
-            ranked = ranked + [i for i in self._static(bs, drop) if i not in have]
+            ranked = ranked + self._static(bs, drop | set(ranked), need)
         if self.cfg.diversity.method == "category_caps" and bs.catalogue is not None:
             ranked = category_cap_order(ranked, bs.catalogue.category, self.cfg.diversity.max_per_category)
         decision_id = make_decision_id(route.index)
-        ex = route.explore_for(req.channel)
         explored = ex.policy != "none" and level in ex.explored_levels
         props: list[float] = []
         if allowed and state_ok:
@@ -312,7 +417,7 @@ class Pipeline:
                 reasons.append("caps:state_unavailable" if isinstance(e, StateUnavailable)
                                else f"caps:unexpected:{type(e).__name__}")
                 level, state_ok, explored = "static", False, False
-                chosen = self._static(bs, drop)[: req.k]
+                chosen = self._static(bs, drop, req.k)
         elif explored:
             chosen, props = explore(ex, ranked, scores, req.k, np.random.default_rng(int(decision_id, 16)))
         else:

@@ -13,9 +13,11 @@ that into the documented degraded behaviour (non-personalised, static level).
 """
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import defaultdict, deque
+from itertools import repeat
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -66,9 +68,13 @@ class InProcessState:
         self.consent: dict[str, bool] = {}
         self.recent: dict[str, deque] = {}
         self.pop: dict[str | None, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self.clicks: dict[str, float] = defaultdict(float)
-        self.imps: dict[str, float] = defaultdict(float)
+        self.clicks: dict[str, float] = defaultdict(float)   # "u:<user>" -> clicks
+        self.imps: dict[str, float] = defaultdict(float)     # "u:<user>" -> impressions
+        self.item_clicks: dict[str, float] = defaultdict(float)  # item -> clicks
+        self.item_imps: dict[str, float] = defaultdict(float)    # item -> impressions
         self.shown: dict[str, deque] = defaultdict(deque)  # cap key -> impression times
+        self._pop_version = 0   # bumped by every popularity write
+        self._pop_cache: dict[str | None, tuple[int, int, list[str]]] = {}  # segment -> (version, n, items)
 
     def ping(self) -> None:
         return None
@@ -98,6 +104,7 @@ class InProcessState:
             for u, i, w in zip(users, items, weights):
                 self.recent.setdefault(u, deque(maxlen=keep)).appendleft(i)
                 self.pop[None][i] += w
+            self._pop_version += 1
         return True
 
     def add_event(self, user: str | None, item: str, weight: float, click: bool, segment: str | None,
@@ -109,24 +116,41 @@ class InProcessState:
                 if click:
                     self.clicks[f"u:{user}"] += 1
             if click:
-                self.clicks[f"i:{item}"] += 1
+                self.item_clicks[item] += 1
             self.pop[None][item] += weight
             if segment is not None:
                 self.pop[segment][item] += weight
+            self._pop_version += 1
 
     def popular(self, segment: str | None, n: int) -> list[str]:
-        table = self.pop.get(segment) or {}
-        return [i for i, _ in sorted(table.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+        """The ``n`` most popular items (ties by id); reads between two writes share one
+        O(items log n) selection."""
+        version = self._pop_version
+        hit = self._pop_cache.get(segment)
+        if hit is not None and hit[0] == version and hit[1] >= n:
+            return hit[2][:n]
+        with self._lock:
+            table = self.pop.get(segment) or {}
+            top = heapq.nsmallest(n, table.items(), key=lambda kv: (-kv[1], kv[0]))
+        items = [i for i, _ in top]
+        self._pop_cache[segment] = (version, n, items)
+        return items
 
     def counters(self, user: str | None, items: Sequence[str]) -> tuple[tuple[float, float], np.ndarray]:
         u = (self.clicks.get(f"u:{user}", 0.0), self.imps.get(f"u:{user}", 0.0)) if user else (0.0, 0.0)
-        return u, np.array([[self.clicks.get(f"i:{i}", 0.0), self.imps.get(f"i:{i}", 0.0)] for i in items],
-                           dtype=np.float64).reshape(-1, 2)
+        out = np.empty((len(items), 2), dtype=np.float64)
+        out[:, 0] = np.fromiter(map(self.item_clicks.get, items, repeat(0.0)), dtype=np.float64, count=len(items))
+        out[:, 1] = np.fromiter(map(self.item_imps.get, items, repeat(0.0)), dtype=np.float64, count=len(items))
+        return u, out
 
     def _count(self, key: str, now: float, window: float) -> int:
-        d = self.shown[key]
+        d = self.shown.get(key)  # not shown[key]: a read must not create an entry per (user, item) looked at
+        if d is None:
+            return 0
         while d and d[0] <= now - window:
             d.popleft()
+        if not d:
+            del self.shown[key]
         return len(d)
 
     def capped(self, user: str, items: Sequence[str], caps: Caps, now: float) -> set[str]:
@@ -161,7 +185,7 @@ class InProcessState:
                     self.shown[uc].append(now)
                 if ul >= 0:
                     self.shown[uk].append(now)
-                self.imps[f"i:{item}"] += 1
+                self.item_imps[item] += 1
             self.imps[uk] += len(out)
             return out
 

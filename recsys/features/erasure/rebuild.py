@@ -56,6 +56,20 @@ def feature_set_of(manifest: dict[str, Any], where: Path) -> Any:
     return fs
 
 
+def _consent_mask(ev: pl.DataFrame, recorded: dict[str, Any]) -> pl.Series:
+    """Rows the build's consent list allows; refused when the list changed since the
+    build (rebuilding with another list would change other users' rows)."""
+    from recsys.features.consent import drop_without_consent, read_consent_list
+
+    consent = read_consent_list(recorded["path"], default=bool(recorded["default"]))
+    if consent.sha256 != recorded["sha256"]:
+        raise DataError(recorded["path"], "the consent list changed since the features were built (sha256 "
+                                          f"{recorded['sha256'][:12]}... recorded); rebuild them with "
+                                          "`recsys features build consent=...` first")
+    kept, _ = drop_without_consent(ev.with_row_index("__consent_row"), consent)
+    return pl.Series(np.isin(np.arange(ev.height), kept["__consent_row"].to_numpy()))
+
+
 def counted_events(events: pl.DataFrame, mask: np.ndarray, settings: dict[str, Any], label: str) -> pl.LazyFrame:
     """The events a build with ``settings`` counts, minus the erased ones (``mask``).
 
@@ -66,6 +80,8 @@ def counted_events(events: pl.DataFrame, mask: np.ndarray, settings: dict[str, A
     if settings["resolve_identities"]:
         ev = resolve_identities(events)[0]
     ev = ev.filter(pl.Series(~mask))
+    if settings.get("consent"):  # the build dropped users without consent: so does its rebuild
+        ev = ev.filter(_consent_mask(ev, settings["consent"]))
     items = settings.get("items")
     if isinstance(items, str) and not Path(items).is_file():
         raise DataError(items, "no such file (the items= the features were built with; pass items=<path>)")
@@ -79,12 +95,27 @@ def _sorted(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort(keys) if keys else df
 
 
+FLOAT_RTOL, FLOAT_ATOL = 1e-9, 1e-12  # a sum over fewer rows may differ in the last bits (summation order)
+
+
 def _rows_differ(old: pl.DataFrame, new: pl.DataFrame) -> int:
-    """Rows of ``old`` / ``new`` without an identical row in the other (0: same rows)."""
+    """Rows of ``old`` / ``new`` without an equal row in the other (0: same rows);
+    float columns are equal within ``FLOAT_RTOL`` / ``FLOAT_ATOL`` when the key
+    (non-float) columns line up row for row."""
     if old.columns != new.columns:
         return max(old.height, new.height, 1)
     if old.height == new.height and _sorted(old).equals(_sorted(new)):
         return 0
+    floats = [c for c in old.columns if old.schema[c].is_float()]
+    keys = [c for c in old.columns if c not in floats]
+    if old.height == new.height and floats and keys:
+        so, sn = old.sort(keys, maintain_order=True), new.sort(keys, maintain_order=True)
+        if so.select(keys).equals(sn.select(keys)) and not so.select(keys).is_duplicated().any():
+            bad = np.zeros(old.height, dtype=bool)
+            for c in floats:
+                a, b = so[c].to_numpy().astype(float), sn[c].to_numpy().astype(float)
+                bad |= ~np.isclose(a, b, rtol=FLOAT_RTOL, atol=FLOAT_ATOL, equal_nan=True)
+            return int(bad.sum())
     both = old.join(new, on=old.columns, how="semi", nulls_equal=True).height
     return old.height + new.height - 2 * both
 
