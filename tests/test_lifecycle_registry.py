@@ -22,8 +22,12 @@ TRAIN = ["experiment=sasrec_synthetic", "data.n_users=300", "data.n_items=120", 
 EPOCHS = (2, 12, 1)  # v1: first champion, v2: better, v3: the planted worse challenger
 
 
-def shipped_gates() -> dict:
-    return yaml.safe_load((ROOT / "recsys" / "configs" / "registry.yaml").read_text())["gates"]
+def shipped_gates(fairness: bool = False) -> dict:
+    """The gates of configs/registry.yaml; without the fairness gate unless asked (these
+    short SASRec runs have a real region gap on the synthetic world, which that gate
+    refuses: tests/test_fairness_gate.py tests it)."""
+    gates = yaml.safe_load((ROOT / "recsys" / "configs" / "registry.yaml").read_text())["gates"]
+    return gates if fairness else {k: g for k, g in gates.items() if k != "fairness_gaps"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def test_worse_challenger_refused_naming_the_gate_better_one_promoted(promoted, 
     assert ev["champion_mean"] == pytest.approx(s1["test/ndcg@10"], abs=1e-9)
     assert ev["candidate_mean"] == pytest.approx(s2["test/ndcg@10"], abs=1e-9)
     # gates that have no evidence say so; they never pass silently
-    for g in ("onnx_parity", "latency_budget", "fairness_gaps", "ope_lcb", "canary_ab"):
+    for g in ("onnx_parity", "latency_budget", "ope_lcb", "canary_ab"):
         assert better[g].status == "not_available" and better[g].message
     line = promoted["refusal"]
     assert "\n" not in line and line.startswith(f"promotion of sasrec v{v3} refused by gate offline_metrics failed")
@@ -209,7 +213,7 @@ def test_rollback_in_a_running_service_within_one_reload(reg, runs, tmp_path, mo
     monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "t")
     auth = {"Authorization": "Bearer t"}
     cfg = {"bundles": {"index": str(reg.serving_link("sasrec_index")), "catalogue": str(tmp_path / "catalogue.parquet")},
-           "budgets": {"state_ms": 500, "retrieve_ms": 500, "rank_ms": 1000},
+           "budgets": {"state_ms": 500, "queue_ms": 500, "retrieve_ms": 500, "rank_ms": 1000},
            "decision_log": {"directory": str(tmp_path / "log"), "flush_interval_s": 0.2}}
     body = {"user_id": user, "channel": "home", "k": 5}
     with TestClient(create_app(serve_config(cfg)), client=("127.0.0.1", 50000)) as c:

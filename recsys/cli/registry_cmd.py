@@ -55,7 +55,8 @@ def _row(v: Any) -> dict[str, Any]:
     key = next((k for k in ("test/ndcg@10", "test/auc", "recall@10") if k in m), None)
     return {"name": v.name, "version": v.version, "kind": v.kind, "status": v.status,
             "aliases": ",".join(v.aliases), "created": v.created[:19], "metric": f"{key}={m[key]:.4f}" if key else "",
-            "data": str(v.lineage.get("data_fingerprint") or "")[:12]}
+            "data": str(v.lineage.get("data_fingerprint") or "")[:12],
+            "retrain_due": "yes" if v.tags.get("retrain_due") == "true" else ""}  # set by `data erase`
 
 
 def list_(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -65,7 +66,7 @@ def list_(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.json:
         print(json.dumps(rows, indent=2))
     elif rows:
-        cols = ["name", "version", "kind", "status", "aliases", "created", "metric", "data"]
+        cols = ["name", "version", "kind", "status", "aliases", "created", "metric", "data", "retrain_due"]
         width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
         print("  ".join(f"{c:<{width[c]}}" for c in cols))
         for r in rows:

@@ -174,3 +174,82 @@ def identity_links(events: pl.DataFrame, user_id: str) -> tuple[np.ndarray, dict
              "n_events_through_shared_devices": int((mask & conflict.to_numpy().astype(bool)).sum()),
              "resolved_through_logins": resolved_through_logins}
     return mask, links
+
+
+# --- the identity graph as a link file (``recsys data erase identity=<file>``) -------------------
+
+#: node types of a link file; ``account`` ids are login user ids (labels, never merged)
+LINK_TYPES = ("account", "user", "device", "session")
+LINK_COLUMNS = ("id", "id_type", "linked_id", "linked_type")
+
+
+def read_link_file(path: str | Any) -> pl.DataFrame:
+    """An identity link file (Parquet, or CSV by its ``.csv`` suffix): one row per
+    link, columns ``id``, ``id_type``, ``linked_id``, ``linked_type`` (all strings;
+    types: ``account`` - a login user id -, ``user`` - an anonymous user id -,
+    ``device``, ``session``). Links are undirected. Refused in one line (file,
+    column, what was expected)."""
+    from pathlib import Path
+
+    from recsys.utils.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, "no such file (expected an identity link file: Parquet or .csv with columns "
+                           + ", ".join(LINK_COLUMNS) + ")")
+    try:
+        df = pl.read_csv(p, infer_schema=False) if p.suffix.lower() == ".csv" else pl.read_parquet(p)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+        raise DataError(p, f"unreadable identity link file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+            from None
+    for c in LINK_COLUMNS:
+        if c not in df.columns:
+            raise DataError(p, f"missing (identity link files have columns {', '.join(LINK_COLUMNS)})", column=c)
+    df = df.select([pl.col(c).cast(pl.String) for c in LINK_COLUMNS])
+    for c in LINK_COLUMNS:
+        nulls = df[c].is_null()
+        if nulls.any():
+            raise DataError(p, f"empty value (ids and types are required)", line=int(nulls.arg_true()[0]) + 1,
+                            column=c)
+    for c in ("id_type", "linked_type"):
+        bad = ~df[c].is_in(list(LINK_TYPES))
+        if bad.any():
+            i = int(bad.arg_true()[0])
+            raise DataError(p, f"type {df[c][i]!r}, expected one of {', '.join(LINK_TYPES)}", line=i + 1, column=c)
+    return df
+
+
+def link_closure(links: pl.DataFrame, user_id: str) -> dict[str, Any]:
+    """The ids linked to account ``user_id`` through a link table (:func:`read_link_file`),
+    transitively: a union-find over the non-account nodes (devices, sessions,
+    anonymous ids; accounts are labels, so two accounts are never merged) gives the
+    components; a component whose links name only ``user_id`` is the user's, one
+    that also names another account is *shared* (kept, counted).
+
+    Returns ``{"user_ids", "device_ids", "session_ids"}`` (sets; ``user_ids`` holds
+    ``user_id`` itself and its anonymous ids), ``shared`` (how many linked
+    components also belong to another account) and ``rows`` ((n,) bool: the link
+    rows that name one of the user's ids - what erasure removes from the file)."""
+    user_id = str(user_id)
+    a = list(zip(links["id_type"].to_list(), links["id"].to_list()))
+    b = list(zip(links["linked_type"].to_list(), links["linked_id"].to_list()))
+    nodes = sorted({n for n in a + b if n[0] != "account"})
+    index = {n: i for i, n in enumerate(nodes)}
+    ea = [index[x] for x, y in zip(a, b) if x[0] != "account" and y[0] != "account"]
+    eb = [index[y] for x, y in zip(a, b) if x[0] != "account" and y[0] != "account"]
+    comp = union_find(len(nodes), np.array(ea, np.int64), np.array(eb, np.int64)) if nodes else np.zeros(0, np.int64)
+    owners: dict[int, set[str]] = {}
+    for x, y in zip(a, b):
+        for acc, other in ((x, y), (y, x)):
+            if acc[0] == "account" and other[0] != "account":
+                owners.setdefault(int(comp[index[other]]), set()).add(acc[1])
+    mine = {c for c, accs in owners.items() if accs == {user_id}}
+    shared = sum(1 for accs in owners.values() if user_id in accs and len(accs) > 1)
+    out: dict[str, Any] = {"user_ids": {user_id}, "device_ids": set(), "session_ids": set(), "shared": shared}
+    key = {"user": "user_ids", "device": "device_ids", "session": "session_ids"}
+    for n, i in index.items():
+        if int(comp[i]) in mine:
+            out[key[n[0]]].add(n[1])
+    ids = {("account", user_id)} | {(t, v) for t, k in key.items() for v in out[k]}
+    out["rows"] = np.array([x in ids or y in ids for x, y in zip(a, b)], dtype=bool)
+    return out

@@ -9,8 +9,8 @@ A gate's status is one of:
 - ``not_applicable``: the gate's ``applies_to`` excludes the version's kind (e.g. the
   offline ranking gate for an index bundle); listed, not blocking;
 - ``not_available``: the gate could not be evaluated (its inputs do not exist yet: a
-  train run has no ONNX parity, the fairness report, OPE on served logs and the
-  canary's A/B result are not built). It never counts as a pass: the gate's
+  train run has no ONNX parity, it has no fairness report, no served log or canary
+  summary was named). It never counts as a pass: the gate's
   ``on_unavailable`` says whether it refuses the promotion (``refuse``) or lets it
   through with a warning printed and recorded (``warn``).
 
@@ -31,8 +31,16 @@ Gate kinds (``kind:`` of each entry):
     now, single thread, against ``p99_ms``.
 ``sensitive_approval``
     A version tagged sensitive needs a recorded approval (``recsys registry approve``).
-``fairness_gaps`` / ``ope_lcb`` / ``canary_ab``
-    Declared, not built: always ``not_available`` with the reason.
+``fairness_gaps``
+    The candidate's user-group gaps (its evaluation's fairness report, with bootstrap
+    intervals) against ``max_gap`` / ``min_ratio``: :mod:`recsys.lifecycle.fairness_gate`.
+``ope_lcb`` / ``canary_ab``
+    What happened online: the lower bound of the candidate's OPE value on the
+    champion's recent served log, and the canary's A/B result (SRM, guardrails,
+    rollback): :mod:`recsys.lifecycle.online_gates`.
+
+Each is ``not_available`` (with the reason) when its evidence file is not given or
+does not exist.
 """
 from __future__ import annotations
 
@@ -41,6 +49,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
+from recsys.lifecycle.fairness_gate import fairness_gaps
+from recsys.lifecycle.online_gates import canary_ab, ope_lcb
 from recsys.utils.errors import RecsysError
 
 PASS, FAIL, NOT_AVAILABLE, NOT_APPLICABLE = "pass", "fail", "not_available", "not_applicable"
@@ -232,20 +242,14 @@ def sensitive_approval(spec: Mapping[str, Any], cand: Candidate, ctx: GateContex
                   f"version={cand.version} why=...)"), {"sensitive": True, "approval": None}
 
 
-def _not_built(what: str) -> Callable[..., tuple[str, str, dict[str, Any]]]:
-    def gate(spec: Mapping[str, Any], cand: Candidate, ctx: GateContext) -> tuple[str, str, dict[str, Any]]:
-        return NOT_AVAILABLE, f"not available: {what} is not built yet, so there is no evidence", {}
-    return gate
-
-
 GATES: dict[str, Callable[..., tuple[str, str, dict[str, Any]]]] = {
     "offline_metrics": offline_metrics,
     "onnx_parity": onnx_parity,
     "latency_budget": latency_budget,
     "sensitive_approval": sensitive_approval,
-    "fairness_gaps": _not_built("the disaggregated fairness report (issue 15, item 4)"),
-    "ope_lcb": _not_built("OPE on recent served logs for a registered model"),
-    "canary_ab": _not_built("the canary's A/B result (SRM, guardrails)"),
+    "fairness_gaps": fairness_gaps,
+    "ope_lcb": ope_lcb,
+    "canary_ab": canary_ab,
 }
 
 

@@ -341,6 +341,8 @@ class Registry:
         v = self.get(name, ref)
         if CHAMPION in v.aliases:
             raise RegistryError(f"{name} v{v.version} is the champion; promote another version or roll back first")
+        if v.status == "retired":
+            raise RegistryError(f"{name} v{v.version} is already retired (archived at {v.tags.get('recsys.archived')})")
         for a in v.aliases:
             self.client.delete_registered_model_alias(name, a)
         art = Path(v.path)
@@ -349,18 +351,52 @@ class Registry:
             os.replace(art, archived)
         self._status(name, v.version, "retired")
         self.client.set_model_version_tag(name, v.version, "recsys.archived", str(archived))
-        self._record("retire", name, v.version, who, why, details={"archived": str(archived)})
+        stage = _archive_stage(self.client, name, v.version)
+        self._record("retire", name, v.version, who, why, details={"archived": str(archived), "mlflow_stage": stage,
+                                                                    "previous_status": v.status})
         return self.get(name, v.version)
+
+    def retire_superseded(self, name: str, *, keep: int = 1, who: str | None = None,
+                          why: str = "past its replacement") -> list[str]:
+        """Retire (archive) the versions past their replacement: former champions
+        (``superseded`` / ``rolled_back``) except the ``keep`` most recent ones in the
+        champion history, which stay loadable as rollback targets. Returns the versions retired."""
+        if keep < 0:
+            raise RegistryError(f"retire_superseded: keep={keep}: expected >= 0")
+        champ = self.champion(name)
+        hist = [h for h in self._history(name) if champ is None or h != champ.version]
+        kept = set(hist[-keep:]) if keep else set()
+        out = []
+        for v in self.versions(name):
+            if v.status in ("superseded", "rolled_back") and v.version not in kept and CHAMPION not in v.aliases:
+                self.retire(name, v.version, who=who, why=why)
+                out.append(v.version)
+        return out
 
     def resolve(self, name: str, alias: str = CHAMPION) -> Path:
         """The artifact folder of ``name@alias`` (a run directory or bundle in the store)."""
         v = self.get(name, alias)
         if v.status == "retired":
-            raise RegistryError(f"{name}@{alias} -> v{v.version} is retired")
+            raise RegistryError(f"{name}@{alias} -> v{v.version} is retired (archived at "
+                                f"{v.tags.get('recsys.archived')}): a retired version cannot be loaded")
         p = Path(v.path)
         if not p.is_dir():
             raise RegistryError(f"{name}@{alias} -> v{v.version}: artifact {p} is missing from the store")
         return p
+
+
+def _archive_stage(client: Any, name: str, version: str) -> str | None:
+    """MLflow's own "Archived" stage for a retired version (stages are deprecated in
+    MLflow 3 but still shown by its UI); None where the store does not support them."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client.transition_model_version_stage(name, version, "Archived")
+        return "Archived"
+    except Exception:  # noqa: BLE001 - a registry without stages: the recsys.status tag says it
+        return None
 
 
 def resolve_champion(name: str, directory: str | Path | None = None, uri: str | None = None) -> Path:
@@ -368,3 +404,22 @@ def resolve_champion(name: str, directory: str | Path | None = None, uri: str | 
     from recsys.lifecycle.resolve import resolve_champion as resolve
 
     return resolve(name, directory, uri)
+
+
+# --- erasure (recsys data erase): versions trained on an erased user's data ---------------------
+
+RETRAIN_DUE_TAG = "retrain_due"
+
+
+def flag_retrain_due(reg: Registry, name: str, version: str, *, why: str, details: dict[str, Any],
+                     who: str | None = None) -> dict[str, Any]:
+    """Tag version ``name``/``version`` ``retrain_due=true`` and record it in the audit
+    trail (``details`` must not name the erased user: the trail is append-only)."""
+    reg.client.set_model_version_tag(name, version, RETRAIN_DUE_TAG, "true")
+    return reg._record("retrain_due", name, version, who, why, details=details)
+
+
+def retrain_due(reg: Registry) -> list[str]:
+    """``name/version`` of every version tagged ``retrain_due=true``."""
+    return [f"{v.name}/{v.version}" for n in reg.names() for v in reg.versions(n)
+            if v.tags.get(RETRAIN_DUE_TAG) == "true"]

@@ -41,7 +41,8 @@ def is_registry_ref(value: object) -> bool:
 
 def resolve_champion(name: str, directory: str | Path | None = None, uri: str | None = None) -> Path:
     """The artifact folder of ``name`` (``<name>``, ``<name>@<alias>`` or
-    ``registry:<name>@<alias>``; alias default ``champion``). ``directory``: the registry
+    ``registry:<name>@<alias>``; alias default ``champion``; a version number in place of
+    the alias names that version). ``directory``: the registry
     folder (default ``$RECSYS_REGISTRY_DIR``, else ``runs/registry``); ``uri``: an MLflow
     registry URI (default the embedded ``sqlite:///<directory>/mlflow.db``).
     Raises :class:`~recsys.utils.errors.RecsysError` for an unknown name or alias, a
@@ -60,11 +61,14 @@ def resolve_champion(name: str, directory: str | Path | None = None, uri: str | 
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        mv = client.get_model_version_by_alias(model, alias)
+        mv = client.get_model_version(model, alias) if alias.isdigit() else client.get_model_version_by_alias(model, alias)
     except MlflowException:
-        raise RecsysError(f"{PREFIX}{model}@{alias}: no such registered model or alias in {uri}") from None
-    if (mv.tags or {}).get("recsys.status") == "retired":
-        raise RecsysError(f"{PREFIX}{model}@{alias} -> v{mv.version} is retired")
+        what = "version" if alias.isdigit() else "alias"
+        raise RecsysError(f"{PREFIX}{model}@{alias}: no such registered model or {what} in {uri}") from None
+    tags = mv.tags or {}
+    if tags.get("recsys.status") == "retired" or "recsys.archived" in tags:
+        raise RecsysError(f"{PREFIX}{model}@{alias} -> v{mv.version} is retired (archived at "
+                          f"{tags.get('recsys.archived')}): a retired version cannot be loaded")
     p = Path(str(mv.source))
     if not p.is_dir():
         raise RecsysError(f"{PREFIX}{model}@{alias} -> v{mv.version}: artifact {p} missing from the store")

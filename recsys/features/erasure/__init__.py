@@ -48,8 +48,9 @@ scanning), :mod:`~recsys.features.erasure.transaction` (all or nothing),
 :mod:`~recsys.features.erasure.erase` (erase / verify),
 :mod:`~recsys.features.erasure.report` (what is printed).
 """
-from recsys.features.erasure.erase import erase_user, verify_erased
+from recsys.features.erasure.erase import add_external, add_traces, erase_user, user_trace, verify_erased
 from recsys.features.erasure.report import report_lines
 from recsys.features.erasure.targets import Targets, Trace, find_user, scan
 
-__all__ = ["Targets", "Trace", "erase_user", "find_user", "report_lines", "scan", "verify_erased"]
+__all__ = ["Targets", "Trace", "add_external", "add_traces", "erase_user", "find_user", "report_lines", "scan", "user_trace",
+           "verify_erased"]

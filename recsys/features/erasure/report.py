@@ -11,13 +11,25 @@ def report_lines(res: dict[str, Any], verify: bool = False) -> list[str]:
     """What ``recsys data erase`` prints."""
     user = res["user_id"]
     idn = res["identity"]
-    linked = f"{idn['linked_user_ids']} linked user ids, {idn['linked_device_ids']} linked devices"
+    linked = (f"{idn['linked_user_ids']} linked user ids, {idn['linked_device_ids']} linked devices, "
+              f"{idn.get('linked_session_ids', 0)} linked sessions")
     if verify:
-        lines = [f"verify user {user!r} ({linked}): checked {', '.join(res['checked'])}"]
-        lines += [f"  TRACE {h['path']}:{h['column']}" + (f" ({h['rows']} rows)" if h["rows"] else "")
+        lines = [f"verify user {user!r} ({linked}; linked ids from {', '.join(res.get('linked_ids_from', ['events']))})"
+                 f": checked {', '.join(res['checked'])}"]
+        lines += [f"  TRACE ({h.get('artifact', '?')}) {h['path']}:{h['column']}"
+                  + (f" ({h['rows']} rows)" if h["rows"] else "") + (f": {h['why']}" if h.get("why") else "")
                   for h in res["traces"]]
+        if "receipt" not in res.get("linked_ids_from", []):
+            lines.append("  note: without receipt= the ids an erasure removed from the identity file and the "
+                         "events are not known here; give the erase's erasure_receipt.json to check them too")
+        lines += [f"  CANNOT CHANGE ({h.get('artifact', '?')}) {h['path']}:{h['column']}: {h['why']}"
+                  for h in res.get("cannot_change", [])]
+        if "retrain_due" in res:
+            lines.append(f"models to retrain (tagged retrain_due=true): {', '.join(res['retrain_due']) or 'none'}")
         lines.append(f"{len(res['traces'])} traces of the user remain" if res["traces"] else
-                     "no trace of the user in the artifacts checked")
+                     "no trace of the user in the artifacts checked" + (
+                         f", except {len(res['cannot_change'])} copies this command cannot change (listed above)"
+                         if res.get("cannot_change") else ""))
         if res["not_given"]:
             lines.append(f"not checked (not given): {', '.join(res['not_given'])}")
         return lines
@@ -31,10 +43,17 @@ def report_lines(res: dict[str, Any], verify: bool = False) -> list[str]:
         v = res["artifacts"].get(kind)
         for a in (v if isinstance(v, list) else [v] if v else []):
             extra = {k: a[k] for k in ("user_rows_removed", "rebuilt_with", "replayed_events", "embeddings",
-                                       "index_bundles", "removed", "datasets_deleted") if a.get(k)}
+                                       "index_bundles", "removed", "datasets_deleted", "links_removed",
+                                       "keys_removed", "retrain_due") if a.get(k)}
             detail = json.dumps(extra, default=str) if extra else ""
             lines.append(f"  {kind}: {a['status']} {a['path']} {detail}".rstrip())
     lines.append(f"changed: {', '.join(res['changed']) or 'nothing'}")
+    reg = res["artifacts"].get("registry")
+    if reg is not None:
+        due = reg.get("retrain_due") or []
+        lines.append(f"models to retrain (tagged retrain_due=true): {', '.join(due) if due else 'none'}")
+    if res.get("receipt"):
+        lines.append(f"receipt (salted digests of the erased ids, for verify): {res['receipt']}")
     for h in res["not_erased"]:
         lines.append(f"  NOT ERASED ({h['artifact']}) {h['path']}" + (f":{h['column']}" if h["column"] else "")
                      + f": {h['why']}")

@@ -132,3 +132,35 @@ def stage_cache(cache_dir: Path, trace: Trace, tx: Transaction) -> list[str]:
             tx.delete(child)
             deleted.append(child.name)
     return deleted
+
+
+def _json_field(path: Path, *keys: str) -> Any:
+    try:
+        v: Any = json.loads(path.read_text())
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+    except (OSError, ValueError):
+        return None
+
+
+def cache_fingerprints(cache_dir: Path, trace: Trace) -> list[str]:
+    """Data fingerprints (``meta.json``) of the cached datasets holding the user: a
+    model whose lineage names one was trained on the user's data."""
+    out = []
+    for child in sorted(cache_dir.iterdir()):
+        if child.is_dir() and scan([child], trace):
+            fp = _json_field(child / "meta.json", "fingerprint")
+            if isinstance(fp, str):
+                out.append(fp)
+    return out
+
+
+def run_fingerprints(runs: list[Path], trace: Trace) -> list[str]:
+    """Data fingerprints (``summary.json``) of the runs holding the user."""
+    out = []
+    for run in runs:
+        fp = _json_field(run / "summary.json", "data", "fingerprint")
+        if isinstance(fp, str) and scan([run], trace):
+            out.append(fp)
+    return out
