@@ -44,36 +44,11 @@ def ranker_run(run_dir: Path, n_parity_rows: int = 1200, train_steps: int = 30, 
     """A small `recsys rank train`-like run directory (model/, summary.json) on a
     tiny synthetic world, without the CLI: a few Adam steps on a DCN-v2
     (``behavioural``: plus the world's behavioural features as of each request)."""
-    import numpy as np
-    import torch
+    from recsys.data.synthetic import SyntheticConfig
+    from recsys.training.ranker.quick import quick_ranker_run
 
-    from recsys.data.synthetic import SyntheticConfig, generate_world
-    from recsys.features.ranker import build_ranker_features
-    from recsys.models.rankers import DCNv2
-    from recsys.training.ranker.data import time_split, to_tensors
-    from recsys.training.ranker.fit import save_ranker_model
-    from recsys.utils.io import write_json_atomic
-
-    torch.manual_seed(seed)
-    world = generate_world(SyntheticConfig(n_users=120, n_items=80, n_categories=4, n_requests=2000, seed=seed))
-    table = build_ranker_features(world)
-    if behavioural:
-        from recsys.features.ranker import add_behavioural_features
-
-        table = add_behavioural_features(table, world)
-    splits = time_split(table, 0.1, 0.3)
-    args = {"embedding_dim": 8, "n_cross": 2, "deep": [32, 16], "structure": "stacked"}
-    net = DCNv2(table.vocab_sizes, table.dense, **args)
-    cols = to_tensors(table.take(splits["train"]))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for step in range(train_steps):
-        idx = torch.randint(0, len(cols["label"]), (256,))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            net(**{k: cols[k][idx] for k in net.input_names}), cols["label"][idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    save_ranker_model(net, args, table, table.take(splits["test"]), run_dir / "model", n_parity_rows)
-    write_json_atomic(run_dir / "summary.json", {"data": {"fingerprint": "tiny-world"}, "test/auc": float(np.nan)})
-    return run_dir
+    return quick_ranker_run(run_dir, SyntheticConfig(n_users=120, n_items=80, n_categories=4, n_requests=2000,
+                                                     seed=seed),
+                            deep=(32, 16), train_steps=train_steps, seed=seed, n_parity_rows=n_parity_rows,
+                            behavioural=behavioural,
+                            summary={"data": {"fingerprint": "tiny-world"}, "test/auc": float("nan")})

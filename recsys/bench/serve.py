@@ -92,34 +92,15 @@ def _train_ranker(run: Path, spec: FixtureSpec) -> None:
     synthetic world's impressions (what ``recsys rank train`` saves, without Lightning)."""
     import torch
 
-    from recsys.data.synthetic import SyntheticConfig, generate_world
-    from recsys.features.ranker import build_ranker_features
-    from recsys.models.rankers import DCNv2
-    from recsys.training.ranker.data import time_split, to_tensors
-    from recsys.training.ranker.fit import save_ranker_model
-    from recsys.utils.io import write_json_atomic
+    from recsys.data.synthetic import SyntheticConfig
+    from recsys.training.ranker.quick import quick_ranker_run
 
-    torch.manual_seed(spec.seed)
     torch.set_num_threads(1)  # tiny batches: threads only fight over the (shared) cores
-    world = generate_world(SyntheticConfig(n_users=spec.world_users, n_items=spec.world_items,
-                                           n_categories=spec.n_categories, n_requests=spec.world_requests,
-                                           seed=spec.seed))
-    table = build_ranker_features(world)
-    splits = time_split(table, 0.1, 0.3)
-    args = {"embedding_dim": 8, "n_cross": 2, "deep": [64, 32], "structure": "stacked"}
-    net = DCNv2(table.vocab_sizes, table.dense, **args)
-    cols = to_tensors(table.take(splits["train"]))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(spec.train_steps):
-        idx = torch.randint(0, len(cols["label"]), (256,))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            net(**{k: cols[k][idx] for k in net.input_names}), cols["label"][idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    save_ranker_model(net, args, table, table.take(splits["test"]), run / "model", 1000)
-    write_json_atomic(run / "summary.json", {"data": {"fingerprint": f"serve-bench-world-{spec.seed}"}})
+    quick_ranker_run(run, SyntheticConfig(n_users=spec.world_users, n_items=spec.world_items,
+                                          n_categories=spec.n_categories, n_requests=spec.world_requests,
+                                          seed=spec.seed),
+                     deep=(64, 32), train_steps=spec.train_steps, seed=spec.seed, n_parity_rows=1000,
+                     summary={"data": {"fingerprint": f"serve-bench-world-{spec.seed}"}})
 
 
 def build_fixtures(out: str | Path, spec: FixtureSpec) -> dict[str, Any]:

@@ -46,14 +46,7 @@ def run_bench(s: Setup, policy: Any, info: dict[str, Any], opts: EstimatorOption
             per_seed.setdefault(name, []).append(e.value)
             covered.setdefault(name, []).append(e.covers(truth))
             width.setdefault(name, []).append(e.ci_high - e.ci_low)
-    rows = {}
-    for name, values in per_seed.items():
-        v = np.asarray(values)
-        rows[name] = {"mean": float(v.mean()), "bias": float(v.mean() - truth),
-                      "rmse": float(np.sqrt(((v - truth) ** 2).mean())),
-                      "rel_error": float((np.abs(v - truth) / truth).mean()),
-                      "coverage": float(np.mean(covered[name])), "sd": float(v.std(ddof=1)),
-                      "ci_width": float(np.mean(width[name]))}
+    rows = _score_rows(per_seed, covered, width, truth)
     out = {**info, "true_value": truth, "logger_value": logger_value, "total_variation": tv,
            "kl_divergence": kl, "n_seeds": n_seeds, "n_requests": n_requests,
            "slate_size": world.config.slate_size,
@@ -67,6 +60,21 @@ def run_bench(s: Setup, policy: Any, info: dict[str, Any], opts: EstimatorOption
                                      f"{n_seeds} seeds, policy {info.get('policy', 'policy')}"))
     out["timings"] = {"total_s": time.perf_counter() - t0}
     return out
+
+
+def _score_rows(per_seed: dict[str, list[float]], covered: dict[str, list[bool]], width: dict[str, list[float]],
+                truth: float) -> dict[str, dict[str, float]]:
+    """Per estimator over the seeds: mean, bias, RMSE, mean relative error, interval
+    coverage of ``truth``, spread and mean interval width."""
+    rows = {}
+    for name, values in per_seed.items():
+        v = np.asarray(values)
+        rows[name] = {"mean": float(v.mean()), "bias": float(v.mean() - truth),
+                      "rmse": float(np.sqrt(((v - truth) ** 2).mean())),
+                      "rel_error": float((np.abs(v - truth) / truth).mean()),
+                      "coverage": float(np.mean(covered[name])), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                      "ci_width": float(np.mean(width[name]))}
+    return rows
 
 
 def run_external_bench(config: Any, opts: EstimatorOptions, n_seeds: int, seed_offset: int = 0,
@@ -108,14 +116,7 @@ def run_external_bench(config: Any, opts: EstimatorOptions, n_seeds: int, seed_o
             per_seed.setdefault(name, []).append(e.value)
             covered.setdefault(name, []).append(e.covers(truth))
             width.setdefault(name, []).append(e.ci_high - e.ci_low)
-    rows = {}
-    for name, values in per_seed.items():
-        v = np.asarray(values)
-        rows[name] = {"mean": float(v.mean()), "bias": float(v.mean() - truth),
-                      "rmse": float(np.sqrt(((v - truth) ** 2).mean())),
-                      "rel_error": float((np.abs(v - truth) / truth).mean()),
-                      "coverage": float(np.mean(covered[name])), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                      "ci_width": float(np.mean(width[name]))}
+    rows = _score_rows(per_seed, covered, width, truth)
     return {"policy": "uniform", "true_value": truth, "logger_value": world.logger_value(),
             "logger_propensity_range": [float(world.logger.min()), float(world.logger.max())],
             "logged_propensity_range": [float(min(min_p)), float(max(max_p))],
