@@ -111,7 +111,8 @@ def test_evaluate_sweep_with_multirun(tmp_path, tiny_synthetic):
 
 def test_demo_end_to_end(tmp_path, tiny_synthetic):
     run_dir = tmp_path / "demo"
-    res = run("demo", *tiny_synthetic, "trainer.max_epochs=8", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    res = run("demo", *tiny_synthetic, "trainer.max_epochs=8", "loop_stage.n_explore=500", "loop_stage.n_canary=600",
+              "loop_stage.n_bootstrap=10", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "test/ndcg@10" in res.stdout  # the results table
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -130,6 +131,12 @@ def test_demo_end_to_end(tmp_path, tiny_synthetic):
     assert all(ope["estimates"][n]["ci_low"] <= ope["estimates"][n]["estimate"] <= ope["estimates"][n]["ci_high"]
                for n in ("IPS", "SNIPS"))
     assert summary["data"]["fingerprint"] and summary["environment"]["versions"]["numpy"]
+    loop = summary["online_loop"]  # one loop iteration: champion -> logs -> OPE of a challenger -> canary verdict
+    assert set(loop["variants"]) == {"champion", "ann_only"}
+    for v in loop["variants"].values():
+        assert v["ope_ci"][0] <= v["ope"] <= v["ope_ci"][1] and v["online"] > 0 and v["online_requests"] > 0
+    assert loop["verdict"]["verdict"] in ("better", "worse", "no significant difference")
+    assert "online loop" in res.stdout and "canary verdict" in res.stdout
 
 
 def _data_file(rel: str) -> Path:

@@ -47,7 +47,7 @@ def _ope_stage(cfg: DictConfig) -> dict:
 
 
 def demo(cfg: DictConfig) -> dict:
-    from recsys.cli.demo_stages import ranker_stage, retrieval_stage, service_stage
+    from recsys.cli.demo_stages import loop_stage, ranker_stage, retrieval_stage, service_stage
     from recsys.data.stats import dataset_stats
     from recsys.training.baselines import evaluate_split
 
@@ -57,7 +57,9 @@ def demo(cfg: DictConfig) -> dict:
     with_ranker = bool(cfg.get("ranker_stage", True)) and cfg.get("data", {}).get("name") == "synthetic"
     with_index = bool(cfg.get("retrieval_stage", True)) and bool(cfg.get("train_sequence_model", True))
     with_service = with_ranker and with_index and bool(cfg.get("service_stage", True))
-    N = 5 + int(with_ranker) + int(with_index) + int(with_service)  # noqa: N806 - the stage count in the progress lines
+    loop = cfg.get("loop_stage") or {}
+    with_loop = with_service and bool(loop.get("enabled", False))
+    N = 5 + int(with_ranker) + int(with_index) + int(with_service) + int(with_loop)  # noqa: N806 - the stage count in the progress lines
     data, prep_s = load_data(cfg)
     stats = dataset_stats(data)
     print(f"[1/{N}] data '{data.name}': {stats['n_users']} users, {stats['n_items']} items, "
@@ -96,15 +98,19 @@ def demo(cfg: DictConfig) -> dict:
         ranker_out = ranker_stage(cfg, data, split, out, f"[6/{N}]")
         timings["ranker_s"] = ranker_out["total_s"]
     if with_index:
-        index_out = retrieval_stage(out, f"[{N - int(with_service)}/{N}]")
+        index_out = retrieval_stage(out, f"[{N - int(with_service) - int(with_loop)}/{N}]")
         timings["retrieval_s"] = index_out["total_s"]
     service_out = None
     if with_service:
-        service_out = service_stage(out, data, f"[{N}/{N}]")
+        service_out = service_stage(out, data, f"[{N - int(with_loop)}/{N}]")
         timings["service_s"] = service_out["total_s"]
+    loop_out = None
+    if with_loop:
+        loop_out = loop_stage(out, data, f"[{N}/{N}]", int(loop.n_explore), int(loop.n_canary), int(loop.n_bootstrap))
+        timings["loop_s"] = loop_out["total_s"]
     timings["total_s"] = time.perf_counter() - t0
     path = write_summary(cfg, {"command": "demo", "results": results, "ranker_export": ranker_out,
-                               "retrieval": index_out, "service": service_out, "data": data_lineage(data), "data_stats": stats,
+                               "retrieval": index_out, "service": service_out, "online_loop": loop_out, "data": data_lineage(data), "data_stats": stats,
                                "split": split.info, "timings": timings,
                                "ope": None if ope_out is None else {
                                    k: ope_out[k] for k in ("policy", "estimates", "true_value", "diagnostics")

@@ -136,6 +136,51 @@ def retrieval_stage(out: Path, stage: str) -> dict:
     return info
 
 
+def _serve_block(exp: Path) -> dict[str, Any]:
+    """The ``serve:`` block of the demo's service (and of the loop's champion)."""
+    return {
+        "bundles": {"encoder": str(exp / "query_encoder"), "index": str(exp / "index"), "ranker": str(exp / "ranker"),
+                    "catalogue": str(exp / "catalogue.parquet"), "users": str(exp / "users.parquet"),
+                    "events": str(exp / "events.parquet")},
+        "fallback": {"default": ["personalised", "segment_popularity", "global_popularity", "static"],
+                     "email": ["global_popularity", "static"]},  # an offline-first channel
+        "n_candidates": 200, "n_rank": 100, "caps": {"user_item": {"limit": 3, "window_s": 86400.0}}}
+
+
+def loop_stage(out: Path, data: Any, stage: str, n_explore: int, n_canary: int, n_bootstrap: int) -> dict:
+    """One iteration of the online loop (:func:`recsys.bench.online_loop.run_loop`) on the
+    demo's bundles: the champion (encoder + HNSW + DCN-v2, as served by the service
+    stage) explores, its logs are joined, the ANN-only challenger (no ranker) is
+    estimated by OPE from them, both run as canary arms with clicks from the world's
+    true click model, and ``ab analyze`` gives the verdict."""
+    from recsys.bench.online_loop import LoopPlan, run_loop
+    from recsys.data.synthetic_source import load_world
+
+    t0 = time.perf_counter()
+    world = load_world(data.extras_dir, data.extras)
+    plan = LoopPlan(n_explore=n_explore, n_canary=n_canary, n_bootstrap=n_bootstrap)
+    print(f"{stage} online loop: the champion (the service above) explores ({plan.exploration['policy']} "
+          f"T={plan.exploration['temperature']} over its top {plan.exploration['pool']}) for {n_explore} requests "
+          f"of world users over loopback, clicks from the world's true click model")
+    res = run_loop(world, _serve_block(out / "export"), {"ann_only": {"ranker": None}}, out / "online_loop", plan)
+    j = res["logs_join"]
+    print(f"      logs join: {j.get('requests', '?')} requests, {j.get('rows', '?')} rows -> "
+          f"{out / 'online_loop' / 'ope_log.parquet'}")
+    rows = res["variants"]
+    for name in ("champion", "ann_only"):
+        r = rows[name]
+        print(f"      {name:<10} OPE ({res['estimator']}) from the champion's log {r['ope']:.3f} "
+              f"[{r['ope_ci'][0]:.3f}, {r['ope_ci'][1]:.3f}] (ESS {r['ess']:.0f}) | canary, true clicks/slate "
+              f"{r['online']:.3f} [{r['online_ci'][0]:.3f}, {r['online_ci'][1]:.3f}] over {r['online_requests']} "
+              f"requests")
+    ab = res["ab"]
+    v = ab["verdicts"]["ann_only"]
+    srm = ab["srm"]
+    print(f"      canary verdict (ab analyze, CUPED): ann_only vs champion {v['verdict']} (lift {v['lift']:+.1%}, "
+          f"p {v['cuped_p_value']:.3g}); SRM p {srm.get('p_value', float('nan')):.3g}")
+    return {"variants": rows, "verdict": v, "srm": srm, "total_s": time.perf_counter() - t0}
+
+
 def service_stage(out: Path, data: Any, stage: str) -> dict:
     """The decision service (``recsys serve``'s app) on the demo's bundles: the SASRec
     query encoder, the HNSW index, the DCN-v2 ranker with its behavioural features
@@ -161,14 +206,8 @@ def service_stage(out: Path, data: Any, stage: str) -> dict:
     pq.write_table(catalogue, exp / "catalogue.parquet")
     pq.write_table(users, exp / "users.parquet")
     pq.write_table(world.events, exp / "events.parquet")
-    cfg = serve_config({
-        "bundles": {"encoder": str(exp / "query_encoder"), "index": str(exp / "index"), "ranker": str(exp / "ranker"),
-                    "catalogue": str(exp / "catalogue.parquet"), "users": str(exp / "users.parquet"),
-                    "events": str(exp / "events.parquet")},
-        "decision_log": {"directory": str(out / "decision_log"), "flush_interval_s": 0.5},
-        "fallback": {"default": ["personalised", "segment_popularity", "global_popularity", "static"],
-                     "email": ["global_popularity", "static"]},  # an offline-first channel
-        "n_candidates": 200, "n_rank": 100, "caps": {"user_item": {"limit": 3, "window_s": 86400.0}}})
+    cfg = serve_config({**_serve_block(exp),
+                        "decision_log": {"directory": str(out / "decision_log"), "flush_interval_s": 0.5}})
     app = create_app(cfg)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

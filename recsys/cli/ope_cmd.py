@@ -94,8 +94,13 @@ def bench(cfg: DictConfig) -> dict:
 
 
 def align(cfg: DictConfig) -> dict:
-    """``recsys ope align``: offline NDCG vs OPE estimates vs true value for ``align.variants``."""
+    """``recsys ope align``: offline NDCG vs OPE estimates vs true value for ``align.variants``
+    (``source=served``: the online loop on served data, :func:`_align_served`)."""
     t0 = time.perf_counter()
+    if cfg.get("source", "world") == "served":
+        return _align_served(cfg, t0)
+    if cfg.get("source", "world") != "world":
+        raise RecsysError(f"source={cfg.source!r}: expected world or served")
     s = _setup(cfg)
     variants = {name: partial(instantiate, v) for name, v in cfg.align.variants.items()}
     out = run_align(s, variants, instantiate(cfg.evaluation), EstimatorOptions(**cfg.ope), cfg.seed,
@@ -103,6 +108,50 @@ def align(cfg: DictConfig) -> dict:
     print(ope_report.align_report(out))
     print(f"time {time.perf_counter() - t0:.1f}s")
     return _finish(cfg, "ope align", out, s, t0)
+
+
+def _align_served(cfg: DictConfig, t0: float) -> dict:
+    """``recsys ope align source=served``: champion explores -> logs join -> OPE of every variant ->
+    canary arms measured online -> ab analyze -> align table (recsys.bench.online_loop)."""
+    from recsys.bench.loop_study import build_study
+    from recsys.bench.online_loop import LoopPlan, run_loop
+    from recsys.cli.common import split_data
+    from recsys.ope.served_policies import read_serving_config
+
+    sv = OmegaConf.to_container(cfg.served, resolve=True)
+    assert isinstance(sv, dict)
+    data, _ = load_data(cfg)
+    world = load_world(data.extras_dir, data.extras)
+    if world is None:
+        raise RecsysError(f"data={data.name}: source=served needs the synthetic world (its true click model)")
+    out_dir = Path(cfg.paths.output_dir)
+    if sv["study"]:
+        study = read_serving_config(sv["study"])  # a mapping file: {champion, challengers, offline_ndcg}
+        for key in ("champion", "challengers"):
+            if key not in study:
+                raise RecsysError(f"{sv['study']}: needs a {key}: block (docs/online_loop.md)")
+    else:
+        task = [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("data")]
+        study = build_study(out_dir / "study", data, split_data(cfg, data), world, task, str(cfg.paths.cache_dir),
+                            int(sv["build"]["epochs"]), int(sv["build"]["ranker_steps"]), int(cfg.seed))
+    plan = LoopPlan(n_explore=int(sv["n_explore"]), n_canary=int(sv["n_canary"]), exploration=dict(sv["exploration"]),
+                    estimator=str(sv["estimator"]), min_ess=float(sv["min_ess"]), tolerance=float(sv["tolerance"]),
+                    seed=int(cfg.seed), n_bootstrap=int(sv["n_bootstrap"]), channel=str(sv["channel"]))
+    out = run_loop(world, study["champion"], study["challengers"], out_dir / "loop", plan,
+                   study.get("offline_ndcg"))
+    print(ope_report.format_table(out["variants"], ["offline_ndcg", "ope", "online", "rel_error", "ess"],
+                                  label="variant"))
+    print(f"OPE ({plan.estimator}) vs online: kendall tau {out['kendall_tau']}, spearman {out['spearman']}; "
+          f"offline NDCG vs online: kendall tau {out['offline_ndcg']['kendall_tau']}, "
+          f"spearman {out['offline_ndcg']['spearman']}")
+    ce = out["champion_explore"]
+    print(f"exploring champion: OPE {ce['ope']:.4f} vs online {ce['online']:.4f} (ESS {ce['ess']:.0f})")
+    for arm, v in out["ab"]["verdicts"].items():
+        print(f"canary {arm}: {v['verdict']} (lift {v['lift']:+.3f}, CUPED p {v['cuped_p_value']:.3g})")
+    out = {"command": "ope align", "source": "served", **out, "study": study,
+           "data": data_lineage(data), "timings": {**out["timings"], "total_s": time.perf_counter() - t0}}
+    print(f"summary: {write_summary(cfg, out)}")
+    return out
 
 
 def regret(cfg: DictConfig) -> dict:
@@ -114,7 +163,9 @@ def regret(cfg: DictConfig) -> dict:
     if unknown:
         raise RecsysError(f"unknown policy {unknown[0]!r} in regret.policies; choose from {sorted(cfg.policies)}")
     out = run_regret(s, {n: instantiate(cfg.policies[n]) for n in r.policies}, r.n_requests, r.batch_size,
-                     cfg.seed, _plot(cfg, "regret.png"))
+                     cfg.seed, _plot(cfg, "regret.png"), r.get("log_dir"))
     print(ope_report.regret_report(out))
+    for name, info in out.get("logs", {}).items():
+        print(f"log {name}: {info['path']} ({info['requests']} requests, {info['clicks_per_request']:.4f} clicks/request)")
     return _finish(cfg, "ope regret", out, s, t0)
 

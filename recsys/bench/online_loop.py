@@ -1,0 +1,250 @@
+"""The online loop on the synthetic world (``recsys ope align source=served``):
+
+1. **explore**: the champion's bundle set is served by ``recsys serve`` (a real
+   process on loopback) with softmax exploration (exact per-position
+   propensities in the decision log); :func:`recsys.bench.simulate.simulate_traffic`
+   sends the world's users and posts clicks drawn from the world's true click model;
+2. **logs join**: :func:`recsys.service.join.join_logs` turns the decision and
+   feedback logs into the logged-feedback file ``recsys ope`` reads;
+3. **OPE**: every variant (the champion and each challenger, a bundle set) becomes a
+   policy through :func:`recsys.ope.served_policies.bundle_policy` (the service's
+   pipeline in process: the greedy slate it would serve) and is estimated on the
+   champion's joined log (DR, SNIPS, IPS, DM, effective sample size); the champion's
+   own exploring policy (``mode=served``) is estimated too: its OPE must match the
+   value measured while it explored;
+4. **canary**: one service with an experiment whose arms are the champion (control)
+   and every challenger, no exploration; the same simulated traffic measures each
+   arm's true online value (expected clicks per slate under the true click model);
+5. **ab analyze**: :func:`recsys.experiments.analysis.analyze` on the per-user
+   exposures of the canary (SRM, CUPED with the users' pre-period clicks, sequential);
+6. **align**: per variant ``offline_ndcg`` (given by the caller, e.g. the run's
+   ``test/ndcg@10``), ``ope``, ``online``, ``ess``; Kendall tau and Spearman of OPE
+   vs online and of offline NDCG vs online; a plot.
+
+Nothing here is specific to one model: a variant is a ``serve.bundles`` override.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from recsys.utils.errors import RecsysError
+
+CHAMPION_EXPLORING = "champion_explore"
+
+
+@dataclass
+class LoopPlan:
+    """Sizes and settings of one loop iteration.
+
+    Args:
+        n_explore: requests served by the exploring champion (the OPE log).
+        n_canary: requests of the canary phase (all arms together).
+        exploration: the champion's ``serve.exploration.default`` while it explores.
+        estimator: the OPE estimator reported as ``ope`` (DR or SNIPS).
+        min_ess: variants with at least this effective sample size are held to ``tolerance``.
+        tolerance: relative |OPE - online| / online goal for those variants.
+        seed: traffic and clicks.
+        n_bootstrap: bootstrap resamples of the OPE intervals (reward model fixed).
+    """
+
+    n_explore: int = 6000
+    n_canary: int = 12000
+    exploration: dict[str, Any] = field(default_factory=lambda: {"policy": "softmax", "temperature": 0.05,
+                                                                 "pool": 20})
+    estimator: str = "DR"
+    min_ess: float = 500.0
+    tolerance: float = 0.10
+    seed: int = 0
+    n_bootstrap: int = 100
+    channel: str = "web"
+
+
+def _rank_agreement(a: list[float], b: list[float]) -> tuple[float | None, float | None]:
+    from scipy import stats
+
+    if len(a) < 3:
+        return None, None
+    return float(stats.kendalltau(a, b).statistic), float(stats.spearmanr(a, b).statistic)
+
+
+def _ope_one(s: Any, cf: Any, serve: Mapping[str, Any], mode: str, plan: LoopPlan, alpha: float = 0.05
+             ) -> dict[str, Any]:
+    from recsys.evaluation import ope as O
+    from recsys.ope.policies import build_policy
+    from recsys.ope.served_policies import bundle_policy
+
+    pol, _ = build_policy(s, partial(bundle_policy, serve=dict(serve), mode=mode, channel=plan.channel), plan.seed)
+    d = cf.ope_data(pol.probs)
+    res = O.estimate_all(d, None, 50.0, plan.n_bootstrap, alpha, plan.seed)
+    row: dict[str, Any] = {name: {"estimate": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high}
+                           for name, e in res.estimates.items()}
+    inner = getattr(pol, "policy", pol)
+    return {"estimates": row, "ess": res.diagnostics.ess, "unsupported_mass": res.diagnostics.unsupported_mass,
+            "max_weight": res.diagnostics.max_weight, "warnings": res.diagnostics.warnings,
+            "policy_levels": getattr(inner, "info", {}).get("levels")}
+
+
+def _serve_block(champion: Mapping[str, Any], bundles: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = {k: v for k, v in champion.items() if k not in ("experiment", "exploration")}
+    if bundles:
+        out["bundles"] = {**dict(champion.get("bundles") or {}), **dict(bundles)}
+    return out
+
+
+def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, Mapping[str, Any]], out_dir: Path,
+             plan: LoopPlan = LoopPlan(), offline_ndcg: Mapping[str, float | None] | None = None,
+             catalogue: str | None = None) -> dict[str, Any]:
+    """One loop iteration; see the module docstring.
+
+    Args:
+        world: the synthetic world the bundles were built from.
+        champion: the champion's ``serve:`` block (bundles, caps, diversity, ...).
+        challengers: name -> ``serve.bundles`` overrides of the champion's set.
+        out_dir: run directory (decision logs, joined log, exposures, plot).
+        offline_ndcg: name (``champion`` or a challenger) -> offline NDCG@10 (None: unknown).
+        catalogue: the action set of the OPE log (default: the champion's catalogue).
+    """
+    from recsys.bench.simulate import simulate_service
+    from recsys.data.bandit_logs import LogOptions
+    from recsys.ope.evaluate import EstimatorOptions, crossfit
+    from recsys.ope.setup import build_log_setup, read_log_only
+    from recsys.service.join import join_logs
+
+    t0 = time.perf_counter()
+    if plan.estimator not in ("DR", "SNIPS"):
+        raise RecsysError(f"loop.estimator={plan.estimator!r}: expected DR or SNIPS")
+    if "champion" in challengers or not challengers:
+        raise RecsysError("challengers: give >= 1 challenger, none named 'champion' (that is the control arm)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    catalogue = catalogue or (champion.get("bundles") or {}).get("catalogue")
+    if not catalogue:
+        raise RecsysError("the champion's serve.bundles.catalogue is needed: it is the OPE log's action set")
+    timings: dict[str, float] = {}
+    offline = dict(offline_ndcg or {})
+    sim_kw = dict(channel=plan.channel)
+
+    # 1. the champion explores
+    t = time.perf_counter()
+    explore_serve = {**_serve_block(champion, None), "exploration": {"default": dict(plan.exploration)}}
+    explore = simulate_service(explore_serve, world, plan.n_explore, out_dir / "explore", seed=plan.seed, **sim_kw)
+    timings["explore_s"] = time.perf_counter() - t
+
+    # 2. logs join
+    joined = join_logs(explore["decision_log"], out_dir / "ope_log.parquet")
+    log = read_log_only(out_dir / "ope_log.parquet", LogOptions(), catalogue)
+    s = build_log_setup(log, catalogue)
+    opts = EstimatorOptions(n_bootstrap=plan.n_bootstrap)
+    cf = crossfit(log, opts, plan.seed)
+
+    # 3. OPE of every variant on the champion's log
+    t = time.perf_counter()
+    variants = {"champion": _serve_block(champion, None),
+                **{n: _serve_block(champion, b) for n, b in challengers.items()}}
+    ope = {n: _ope_one(s, cf, v, "topk", plan) for n, v in variants.items()}
+    ope_self = _ope_one(s, cf, explore_serve, "served", plan)
+    timings["ope_s"] = time.perf_counter() - t
+
+    # 4. canary: every challenger an arm beside the champion, no exploration
+    t = time.perf_counter()
+    arms = {"champion": {"weight": 1}, **{n: {"weight": 1, "bundles": dict(b)} for n, b in challengers.items()}}
+    salt = f"online-loop-{plan.seed}"
+    n_canary_requests = plan.n_canary
+    canary_serve = {**_serve_block(champion, None), "experiment": {
+        "name": "online_loop", "salt": salt, "traffic": 1.0, "arms": arms,
+        # guardrails judge only after this many requests per arm: the loop measures every arm for the whole phase
+        # (a rollback would move the arm's users to the champion mid-measurement); ab analyze gives the verdict
+        "guardrails": {"min_requests": n_canary_requests + 1}}}
+    canary = simulate_service(canary_serve, world, n_canary_requests, out_dir / "canary", seed=plan.seed + 1,
+                              **sim_kw)
+    timings["canary_s"] = time.perf_counter() - t
+
+    # 5. ab analyze on the arms
+    ab = _ab(canary["exposures"], list(arms), salt, out_dir)
+
+    # 6. align
+    rows: dict[str, dict[str, Any]] = {}
+    for n in variants:
+        a = canary["arms"].get(n)
+        if a is None:
+            raise RecsysError(f"arm {n!r} got no traffic in the canary phase; raise n_canary")
+        e = ope[n]["estimates"]
+        online = a["true_value"]["mean"]
+        rows[n] = {"offline_ndcg": offline.get(n), "ope": e[plan.estimator]["estimate"],
+                   "ope_ci": [e[plan.estimator]["ci_low"], e[plan.estimator]["ci_high"]],
+                   "DR": e["DR"]["estimate"], "SNIPS": e["SNIPS"]["estimate"], "IPS": e["IPS"]["estimate"],
+                   "DM": e["DM"]["estimate"], "ess": ope[n]["ess"], "unsupported_mass": ope[n]["unsupported_mass"],
+                   "online": online, "online_ci": [a["true_value"]["ci_low"], a["true_value"]["ci_high"]],
+                   "online_clicks_per_slate": a["clicks_per_slate"]["mean"], "online_requests": a["requests"],
+                   "levels": a["levels"]}
+        rows[n]["rel_error"] = abs(rows[n]["ope"] - online) / online if online > 0 else None
+    names = list(rows)
+    tau, rho = _rank_agreement([rows[n]["ope"] for n in names], [rows[n]["online"] for n in names])
+    with_ndcg = [n for n in names if rows[n]["offline_ndcg"] is not None]
+    tau_off, rho_off = _rank_agreement([rows[n]["offline_ndcg"] for n in with_ndcg],
+                                       [rows[n]["online"] for n in with_ndcg])
+    held = [n for n in names if rows[n]["ess"] >= plan.min_ess]
+    self_est = ope_self["estimates"][plan.estimator]["estimate"]
+    self_online = explore["arms"]["default"]["true_value"]["mean"]
+    out: dict[str, Any] = {
+        "variants": rows, "kendall_tau": tau, "spearman": rho,
+        "offline_ndcg": {"kendall_tau": tau_off, "spearman": rho_off, "variants": with_ndcg},
+        "estimator": plan.estimator,
+        "goals": {"kendall_tau_ge_0.8": tau is not None and tau >= 0.8,
+                  f"within_{plan.tolerance:.0%}_where_ess_ge_{plan.min_ess:g}": {
+                      n: bool(rows[n]["rel_error"] is not None and rows[n]["rel_error"] <= plan.tolerance)
+                      for n in held}},
+        CHAMPION_EXPLORING: {"ope": self_est, "online": self_online, "ess": ope_self["ess"],
+                             "rel_error": abs(self_est - self_online) / self_online if self_online > 0 else None,
+                             "online_ci": [explore["arms"]["default"]["true_value"]["ci_low"],
+                                           explore["arms"]["default"]["true_value"]["ci_high"]]},
+        "explore": {k: explore[k] for k in ("requests", "arms", "requests_per_s")},
+        "logs_join": joined,
+        "canary": {k: canary[k] for k in ("requests", "arms", "requests_per_s")},
+        "ab": ab, "plan": plan.__dict__, "timings": {**timings, "total_s": time.perf_counter() - t0}}
+    try:
+        from recsys.evaluation.ope_report import plot_alignment
+
+        cols: dict[str, Any] = {f"OPE ({plan.estimator}) from the champion's log": [rows[n]["ope"] for n in names]}
+        if len(with_ndcg) == len(names):
+            cols = {"offline NDCG@10": [rows[n]["offline_ndcg"] for n in names], **cols}
+        out["plot"] = str(plot_alignment(out_dir / "online_loop.png", names, [rows[n]["online"] for n in names],
+                                         cols))
+    except ImportError:  # matplotlib missing: the table is still complete
+        out["plot"] = None
+    return out
+
+
+def _ab(exposures: str, arms: list[str], salt: str, out_dir: Path) -> dict[str, Any]:
+    """``recsys ab analyze`` on the canary's per-user exposures (arm users only)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from recsys.experiments.analysis import AnalysisOptions, analyze
+    from recsys.experiments.assignment import ExperimentDesign
+    from recsys.experiments.exposures import MetricSpec, read_experiment, write_experiment
+
+    t = pq.read_table(exposures)
+    t = t.filter(pc.is_in(t.column("arm"), pa.array(arms)))
+    path = write_experiment(t, out_dir / "canary_exposures.parquet")
+    specs = [MetricSpec("true_value", "true_value", "pre_clicks", "continuous"),
+             MetricSpec("clicks", "clicks", "pre_clicks", "continuous")]
+    data = read_experiment(path, specs, arms, timestamp_col="timestamp")
+    design = ExperimentDesign("online_loop", salt, {a: 1.0 for a in arms})
+    res = analyze(data, design, AnalysisOptions())
+    verdicts = {}
+    for arm in arms[1:]:
+        c = res["metrics"]["true_value"]["comparisons"][arm]
+        diff = c["welch"]["diff"]
+        verdicts[arm] = {"verdict": ("better" if c["significant"] and diff > 0 else
+                                     "worse" if c["significant"] else "no significant difference"),
+                         "lift": c["lift"]["lift"], "cuped_p_value": c["cuped"]["p_value"],
+                         "sequential_p_value": c["sequential"].get("p_value", c["sequential"]["p_value_final_look"])}
+    return {"srm": res["srm"], "arms": res["arms"], "assignment": res.get("assignment"), "verdicts": verdicts,
+            "results": res["results"], "path": str(path)}
