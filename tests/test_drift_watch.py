@@ -113,6 +113,7 @@ def _watch(base: Path, ref: Path, cur: Path, out: Path, *extra: str):
                env={"RECSYS_REGISTRY_DIR": str(base / "registry"), "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_watch_dry_run_writes_nothing_then_retrains_to_a_canary(champion):
     base, reg = champion
     ref, cur = _stream(base, 0.5, "shift")
@@ -159,6 +160,7 @@ def test_watch_dry_run_writes_nothing_then_retrains_to_a_canary(champion):
     reg.audit.verify()
 
 
+@pytest.mark.slow
 def test_watch_without_drift_launches_nothing(champion):
     from recsys.lifecycle.watch import watch
 

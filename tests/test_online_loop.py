@@ -21,6 +21,7 @@ def paths(tmp_path_factory):
     return build_bundles(tmp_path_factory.mktemp("bundles"))
 
 
+@pytest.mark.slow
 def test_loop_end_to_end_three_variants(paths, tmp_path):
     world = generate_world(SyntheticConfig(n_users=120, n_items=80, n_categories=4, n_requests=2000, seed=3))
     champion = {"bundles": {k: str(paths[k]) for k in ("index", "ranker", "catalogue", "users")},

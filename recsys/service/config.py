@@ -69,6 +69,19 @@ class Diversity:
 
 
 @dataclass
+class ExposureRerank:
+    """The exposure-aware re-ranker (:func:`recsys.policies.exposure.exposure_order`) on
+    the personalised level: over-exposed groups are penalised by
+    ``weight * log(share / target)`` against the exposure this worker has served on the
+    channel so far (position-discounted; amortised over requests)."""
+
+    weight: float = 0.0               # penalty strength; 0 = off
+    group: str = "category"           # category (the catalogue's) | item
+    target: dict[str, float] | None = None   # target exposure share per group; null = equal shares
+    head: int = 50                    # ranked items re-ranked (at least 2k)
+
+
+@dataclass
 class Breaker:
     failures: int = 5                 # consecutive failures of a stage that open its circuit
     cooldown_s: float = 10.0          # how long an open circuit skips the stage
@@ -133,6 +146,7 @@ class ServeConfig:
     budgets: Budgets = field(default_factory=Budgets)
     caps: Caps = field(default_factory=Caps)
     diversity: Diversity = field(default_factory=Diversity)
+    exposure: ExposureRerank = field(default_factory=ExposureRerank)
     breaker: Breaker = field(default_factory=Breaker)
     decision_log: DecisionLog = field(default_factory=DecisionLog)
     fallback: dict[str, list[str]] = field(default_factory=lambda: {"default": list(LEVELS)})
@@ -172,6 +186,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kw = {}
     for name, value in data.items():
         sub = {"bundles": BundlePaths, "budgets": Budgets, "caps": Caps, "diversity": Diversity,
+               "exposure": ExposureRerank,
                "breaker": Breaker, "decision_log": DecisionLog, "user_item": Cap, "user_channel": Cap,
                "user": Cap}.get(name) if cls in (ServeConfig, Caps) else None
         kw[name] = _build(sub, value, f"{where}.{name}") if sub else value
@@ -263,6 +278,14 @@ def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
     if cfg.diversity.method not in ("mmr", "category_caps", "none"):
         raise ServiceConfigError(f"serve.diversity.method={cfg.diversity.method!r}: "
                                  f"expected mmr, category_caps or none")
+    e = cfg.exposure
+    if not e.weight >= 0 or e.group not in ("category", "item") or e.head < 1:
+        raise ServiceConfigError(f"serve.exposure: expected weight >= 0, group category or item and head >= 1, "
+                                 f"got weight={e.weight}, group={e.group!r}, head={e.head}")
+    if e.weight > 0 and e.group == "category" and cfg.bundles.catalogue is None:
+        raise ServiceConfigError("serve.exposure.group=category needs serve.bundles.catalogue (the items' categories)")
+    if e.target is not None and (any(float(v) < 0 for v in e.target.values()) or sum(map(float, e.target.values())) <= 0):
+        raise ServiceConfigError("serve.exposure.target: expected non-negative shares with a positive sum")
     if cfg.state not in ("memory", "redis"):
         raise ServiceConfigError(f"serve.state={cfg.state!r}: expected memory or redis")
     if not 0 < cfg.decision_log.flush_interval_s <= 1.0:

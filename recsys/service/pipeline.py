@@ -34,6 +34,7 @@ from recsys.service.config import ServeConfig
 from recsys.service.experiment import Route, Router, make_decision_id
 from recsys.service.explore import explore
 from recsys.service.query import query_vector
+from recsys.policies.exposure import exposure_order, position_discount
 from recsys.service.rules import category_cap_order, filter_items, mmr_order, ranker_features
 from recsys.service.state import State, StateUnavailable
 
@@ -108,17 +109,25 @@ class CircuitBreaker:
 class _Progress:
     """What the thread computing a level is doing: the stage and its deadline (on the
     ``time.perf_counter`` clock), read by the waiting request thread; ``abandoned``
-    tells the worker its result is no longer wanted."""
+    tells the worker its result is no longer wanted. The request thread sleeps until
+    ``waiting_until`` (the deadline it last read); a stage whose deadline comes
+    earlier wakes it (``changed``), so a short budget after a long one is enforced on
+    time, while the usual case (each deadline later than the one waited on) costs no
+    wake-up at all."""
 
-    __slots__ = ("stage", "started", "deadline", "abandoned", "lat")
+    __slots__ = ("stage", "started", "deadline", "abandoned", "lat", "waiting_until", "changed")
 
     def __init__(self, started: float, deadline: float):
         self.stage, self.started, self.deadline, self.abandoned = "queue", started, deadline, False
         self.lat: dict[str, float] = {}
+        self.waiting_until = deadline
+        self.changed = threading.Event()
 
     def enter(self, stage: str, budget_ms: float, now: float | None = None) -> None:
         t = time.perf_counter() if now is None else now
         self.stage, self.started, self.deadline = stage, t, t + budget_ms / 1e3
+        if self.deadline < self.waiting_until:
+            self.changed.set()
 
 
 class Pipeline:
@@ -143,6 +152,8 @@ class Pipeline:
         self.breaker = CircuitBreaker(cfg.breaker.failures, cfg.breaker.cooldown_s)
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recsys-stage")
         self.level_pool = cf.ThreadPoolExecutor(max_workers=cfg.level_threads, thread_name_prefix="recsys-level")
+        self._exposure: dict[str, dict[str, float]] = {}  # channel -> group -> discounted exposure served (this worker)
+        self._exposure_lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -212,30 +223,38 @@ class Pipeline:
         t0 = time.perf_counter()
         prog = _Progress(t0, t0 + self.cfg.budgets.queue_ms / 1e3)
         fut = self.level_pool.submit(fn, *args, prog)
+        fut.add_done_callback(lambda _: prog.changed.set())
         try:
             while True:
                 stage, deadline = prog.stage, prog.deadline
-                try:
-                    return fut.result(timeout=max(0.0, deadline - time.perf_counter()))
-                except cf.TimeoutError:
-                    if prog.stage != stage or prog.deadline != deadline:
-                        continue  # the thread moved on to the next stage in time
-                    prog.abandoned = True
-                    if stage == "state":  # as in _state: a state call past its budget is the state unavailable
-                        self.breaker.failure("state")
-                        self._error("state", "timeout")
-                        raise StateUnavailable("state: timeout") from None
-                    if stage == "queue":  # every level thread busy: overloaded, not the stage's fault
-                        fut.cancel()
-                        self._error("personalised", "overloaded")
-                        raise StageFailed("personalised", "overloaded") from None
-                    self.breaker.failure(stage)
-                    self._error(stage, "timeout")
-                    dt = time.perf_counter() - prog.started
-                    lat[stage] = lat.get(stage, 0.0) + dt * 1e3
-                    if self.metrics is not None:
-                        self.metrics.stage_latency.labels(stage).observe(dt)
-                    raise StageFailed(stage, "timeout") from None
+                prog.changed.clear()
+                prog.waiting_until = deadline
+                if fut.done():
+                    return fut.result()
+                if prog.stage != stage or prog.deadline != deadline:
+                    continue  # moved on while we looked: read the new deadline
+                if prog.changed.wait(max(0.0, deadline - time.perf_counter())):
+                    continue  # done, or a stage with an earlier deadline began
+                if fut.done():
+                    return fut.result()
+                if prog.stage != stage or prog.deadline != deadline:
+                    continue  # the thread moved on to the next stage in time
+                prog.abandoned = True
+                if stage == "state":  # as in _state: a state call past its budget is the state unavailable
+                    self.breaker.failure("state")
+                    self._error("state", "timeout")
+                    raise StateUnavailable("state: timeout") from None
+                if stage == "queue":  # every level thread busy: overloaded, not the stage's fault
+                    fut.cancel()
+                    self._error("personalised", "overloaded")
+                    raise StageFailed("personalised", "overloaded") from None
+                self.breaker.failure(stage)
+                self._error(stage, "timeout")
+                dt = time.perf_counter() - prog.started
+                lat[stage] = lat.get(stage, 0.0) + dt * 1e3
+                if self.metrics is not None:
+                    self.metrics.stage_latency.labels(stage).observe(dt)
+                raise StageFailed(stage, "timeout") from None
         finally:
             for k, v in list(prog.lat.items()):
                 lat[k] = lat.get(k, 0.0) + v
@@ -318,6 +337,39 @@ class Pipeline:
                 prog=prog)
         return ranked, scores
 
+    def _group(self, bs: BundleSet, item: str) -> str:
+        if self.cfg.exposure.group == "item" or bs.catalogue is None:
+            return item
+        return bs.catalogue.category.get(item, "")
+
+    def _exposure_order(self, bs: BundleSet, req: Request, ranked: list[str], scores: dict[str, float]) -> list[str]:
+        """The head of ``ranked`` re-ranked against the exposure this worker served on the
+        channel (:func:`recsys.policies.exposure.exposure_order`); the tail keeps its order."""
+        e = self.cfg.exposure
+        head = ranked[: max(e.head, 2 * req.k)]
+        if not head or any(scores.get(i) is None for i in head):
+            return ranked
+        with self._exposure_lock:
+            state = dict(self._exposure.get(req.channel, {}))
+        ordered, _ = exposure_order(head, [float(scores[i]) for i in head], [self._group(bs, i) for i in head],
+                                    req.k, state=state, target_share=e.target, weight=e.weight)
+        return ordered + ranked[len(head):]
+
+    def _record_exposure(self, bs: BundleSet, channel: str, chosen: list[str]) -> None:
+        """What was served (position-discounted as in the re-ranker) into the channel's
+        running exposure."""
+        disc = position_discount(len(chosen)) if chosen else []
+        with self._exposure_lock:
+            st = self._exposure.setdefault(channel, {})
+            for item, w in zip(chosen, disc):
+                g = self._group(bs, item)
+                st[g] = st.get(g, 0.0) + float(w)
+
+    def exposure_state(self, channel: str) -> dict[str, float]:
+        """The running exposure of a channel on this worker (a copy)."""
+        with self._exposure_lock:
+            return dict(self._exposure.get(channel, {}))
+
     def _popular(self, bs: BundleSet, segment: str | None, drop: set[str], lat: dict[str, float]) -> list[str]:
         items = self._state(self.state.popular, segment, self.cfg.n_candidates + len(drop), lat=lat)
         return filter_items(items, drop=drop, catalogue=bs.catalogue)
@@ -393,6 +445,9 @@ class Pipeline:
             ranked = ranked + self._static(bs, drop | set(ranked), need)
         if self.cfg.diversity.method == "category_caps" and bs.catalogue is not None:
             ranked = category_cap_order(ranked, bs.catalogue.category, self.cfg.diversity.max_per_category)
+        rerank_exposure = self.cfg.exposure.weight > 0 and level == "personalised"
+        if rerank_exposure:
+            ranked = self._exposure_order(bs, req, ranked, scores)
         decision_id = make_decision_id(route.index)
         explored = ex.policy != "none" and level in ex.explored_levels
         props: list[float] = []
@@ -423,6 +478,8 @@ class Pipeline:
         else:
             chosen = ranked[: req.k]
         props = props[: len(chosen)] if explored else [1.0] * len(chosen)
+        if rerank_exposure and level == "personalised":
+            self._record_exposure(bs, req.channel, chosen)
         lat["total"] = (time.perf_counter() - t0) * 1e3
         if self.metrics is not None:
             self.metrics.fallback.labels(req.channel, level).inc()
