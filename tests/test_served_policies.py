@@ -4,6 +4,7 @@ world's log beside the truth, and a run whose vocabulary does not match the log
 is refused in one line."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from functools import partial
@@ -41,7 +42,7 @@ def runs(tmp_path_factory):
         procs[name] = subprocess.Popen(
             [sys.executable, "-m", "recsys", "train", f"experiment={exp}", *TINY, *extra, f"paths.cache_dir={cache}",
              f"hydra.run.dir={root / name}"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**__import__("os").environ, "WANDB_MODE": "offline"})
+            env={**os.environ, "WANDB_MODE": "offline"})
     for name, p in procs.items():
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, (name, err[-3000:])

@@ -69,34 +69,12 @@ def _embedding_run(run: Path, item_ids: np.ndarray, items: np.ndarray, user_ids:
 
 def _train_ranker(run: Path, world: Any, behavioural: bool, steps: int, seed: int) -> Path:
     """``<run>/model``: a DCN-v2 after ``steps`` Adam steps on the world's impressions."""
-    import torch
-
-    from recsys.features.ranker import add_behavioural_features, build_ranker_features
-    from recsys.models.rankers import DCNv2
-    from recsys.training.ranker.data import time_split, to_tensors
-    from recsys.training.ranker.fit import save_ranker_model
+    from recsys.training.ranker.quick import fit_quick_ranker
 
     if (run / "model").is_dir():
         return run
-    torch.manual_seed(seed)
-    table = build_ranker_features(world)
-    if behavioural:
-        table = add_behavioural_features(table, world)
-    splits = time_split(table, 0.1, 0.2)
-    args = {"embedding_dim": 8, "n_cross": 2, "deep": [64, 32], "structure": "stacked"}
-    net = DCNv2(table.vocab_sizes, table.dense, **args)
-    cols = to_tensors(table.take(splits["train"]))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(steps):
-        idx = torch.randint(0, len(cols["label"]), (512,))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            net(**{k: cols[k][idx] for k in net.input_names}), cols["label"][idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    save_ranker_model(net, args, table, table.take(splits["test"]), run / "model", 1000)
-    return run
+    return fit_quick_ranker(run, world, deep=(64, 32), train_steps=steps, seed=seed, behavioural=behavioural,
+                            test_fraction=0.2, batch_size=512)
 
 
 def build_study(out: Path, data: Any, split: Any, world: Any, data_overrides: Sequence[str], cache_dir: str,
