@@ -69,7 +69,7 @@ def test_truth_is_the_shapley_decomposition_of_the_true_conversion_function():
 
 
 def test_shapley_within_0_05_of_truth_and_better_than_last_touch():
-    """The issue's check, on 5 seeds of the default generator (50 000 journeys each)."""
+    """The issue's check, on 5 seeds of the default generator (200 000 journeys each)."""
     w = JourneyWorld()
     out = A.study([w.sample(s) for s in range(5)])
     err = out["errors"]

@@ -102,7 +102,7 @@ class Journeys:
 class JourneyConfig:
     """The generator's parameters (one entry per channel of ``channels``); see the module docstring."""
 
-    n_journeys: int = 50_000
+    n_journeys: int = 200_000
     channels: tuple[str, ...] = CHANNELS
     reach: tuple[float, ...] = (0.7, 0.35, 0.45, 0.55)
     effect: tuple[float, ...] = (0.02, 0.05, 0.06, 0.01)
