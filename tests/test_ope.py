@@ -143,3 +143,30 @@ def test_ctr_reward_model_and_crossfit_recover_truth():
 def test_tv_and_kl():
     assert O.total_variation(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])) == 1.0
     assert O.kl_divergence(np.array([[0.5, 0.5]]), np.array([[0.5, 0.5]])) == pytest.approx(0.0)
+
+
+def test_per_request_terms_equal_per_context_terms_for_a_per_context_policy():
+    """``CrossFit.ope_data_requests`` (a distribution per log row, as a replayed stateful
+    service gives) reduces to ``ope_data`` when every row of a context gets the same
+    distribution, and follows the row when they differ."""
+    from recsys.evaluation.ope_reward import CrossFit
+
+    rng = np.random.default_rng(3)
+    n, k, m, n_users = 600, 3, 12, 40
+    users = rng.integers(1, n_users + 1, n)
+    a = np.stack([rng.choice(np.arange(1, m), k, replace=False) for _ in range(n)])
+    r = (rng.random((n, k)) < 0.2).astype(float)
+    p = np.full((n, k), 1.0 / (m - 1))
+    per_user = rng.dirichlet(np.ones(m - 1), size=(n_users + 1, k))
+    per_user = np.concatenate([np.zeros((n_users + 1, k, 1)), per_user], axis=2)  # column 0: padding
+    cf = CrossFit(users, a, r, p, n_users + 1, m, n_folds=3, seed=0)
+    by_ctx = cf.ope_data(lambda u: per_user[u])
+    by_row = cf.ope_data_requests(lambda rows: per_user[users[rows]], block=97)
+    np.testing.assert_allclose(by_row.target_probs, by_ctx.target_probs)
+    np.testing.assert_allclose(by_row.q_target, by_ctx.q_target)
+    # a row-specific policy: the logged slate itself -> target 1 at every logged position
+    logged = np.zeros((n, k, m))
+    logged[np.arange(n)[:, None], np.arange(k)[None, :], a] = 1.0
+    own = cf.ope_data_requests(lambda rows: logged[rows])
+    assert np.all(own.target_probs == 1.0)
+    assert not np.allclose(own.target_probs, by_ctx.target_probs)

@@ -121,3 +121,42 @@ def test_bundle_policy_reproduces_the_services_slates(paths, world, tmp_path):
     assert np.allclose(soft.sum(axis=2), 1.0, atol=1e-6) and ((soft > 1e-9).sum(axis=2) > 1).all()
     with pytest.raises(RecsysError, match="serving config not found"):
         bundle_policy(s, 0, serve=str(tmp_path / "nope.yaml"))
+
+
+def test_log_replay_with_clicks_reproduces_every_served_slate(paths, world, tmp_path):
+    """The service gets its clicks as /v1/events (counters, recent items move between
+    requests): the replica replaying the log's slates and clicks answers every request as
+    the service did; without the clicks it does not."""
+    from recsys.data.bandit_logs import LogOptions
+    from recsys.ope.served_policies import bundle_policy
+    from recsys.ope.setup import build_log_setup, read_log_only
+    from recsys.service.join import join_logs
+
+    serve = _serve(paths, tmp_path)
+    app = create_app(serve_config(serve))
+    with serving(app) as url:
+        out = simulate_traffic(url, world, 80, seed=3, post_events=True)
+    time.sleep(0.1)
+    assert out["overall"]["clicks_per_slate"]["mean"] > 0
+    join_logs(tmp_path / "log", tmp_path / "ope_log.parquet")
+    s = build_log_setup(read_log_only(tmp_path / "ope_log.parquet", LogOptions(), paths["catalogue"]),
+                        str(paths["catalogue"]))
+    users = np.unique(s.log.users)
+    # what the service served, per user: the mean over the user's requests of the one-hot slates
+    want = np.zeros((len(users), s.slate_size, s.n_actions))
+    row = {u: b for b, u in enumerate(users.tolist())}
+    n = np.zeros(len(users))
+    for r, u in enumerate(s.log.users.tolist()):
+        want[row[u], np.arange(s.slate_size), s.log.actions[r]] += 1
+        n[row[u]] += 1
+    want /= n[:, None, None]
+    assert (n > 1).sum() >= 5  # users whose later requests follow their own clicks
+    replay = bundle_policy(s, 0, serve=serve, mode="topk", state="log", log_clicks=True)
+    np.testing.assert_allclose(replay.probs(users), want, atol=1e-9)
+    assert replay.info["state"] == "log" and replay.info["log_clicks"] is True
+    blind = bundle_policy(s, 0, serve=serve, mode="topk", state="log", log_clicks=False).probs(users)
+    assert not np.allclose(blind, want, atol=1e-9)  # the clicks moved the state the service answered from
+    with pytest.raises(RecsysError, match=r"policy.state='x': expected log"):
+        bundle_policy(s, 0, serve=serve, state="x")
+    with pytest.raises(RecsysError, match=r"policy.log_clicks=true needs policy.state=log"):
+        bundle_policy(s, 0, serve=serve, state="own", log_clicks=True)

@@ -51,6 +51,13 @@ class LoopPlan:
         tolerance: relative |OPE - online| / online goal for those variants.
         seed: traffic and clicks.
         n_bootstrap: bootstrap resamples of the OPE intervals (reward model fixed).
+        post_events: the simulated clients also post every click as a ``/v1/events``
+            click event; the OPE replicas then replay the log's clicks the same way
+            (``bundle_policy(state="log", log_clicks=True)``). Off by default: a click
+            event makes the item seen for that user, so a policy's own clicks remove its
+            best items from its later slates, and the user's state depends on the
+            policy that served them; per-request OPE assumes it does not (measured in
+            docs/online_loop.md: Kendall tau 0.14 at 15 requests per user).
     """
 
     n_explore: int = 6000
@@ -63,6 +70,8 @@ class LoopPlan:
     seed: int = 0
     n_bootstrap: int = 100
     channel: str = "web"
+    post_events: bool = False
+    contexts: str = "user"
 
 
 def _rank_agreement(a: list[float], b: list[float]) -> tuple[float | None, float | None]:
@@ -79,12 +88,15 @@ def _ope_one(s: Any, cf: Any, serve: Mapping[str, Any], mode: str, plan: LoopPla
     from recsys.ope.policies import build_policy
     from recsys.ope.served_policies import bundle_policy
 
-    pol, _ = build_policy(s, partial(bundle_policy, serve=dict(serve), mode=mode, channel=plan.channel), plan.seed)
-    d = cf.ope_data(pol.probs)
+    pol, _ = build_policy(s, partial(bundle_policy, serve=dict(serve), mode=mode, channel=plan.channel, state="log",
+                                     log_clicks=plan.post_events), plan.seed)
+    inner = getattr(pol, "policy", pol)
+    # contexts=request: the target's slate at request r is the replica's answer at r (exact for a state that moves
+    # between a user's requests, at a higher variance); contexts=user: the average over the user's requests
+    d = cf.ope_data_requests(inner.request_probs) if plan.contexts == "request" else cf.ope_data(pol.probs)
     res = O.estimate_all(d, None, 50.0, plan.n_bootstrap, alpha, plan.seed)
     row: dict[str, Any] = {name: {"estimate": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high}
                            for name, e in res.estimates.items()}
-    inner = getattr(pol, "policy", pol)
     return {"estimates": row, "ess": res.diagnostics.ess, "unsupported_mass": res.diagnostics.unsupported_mass,
             "max_weight": res.diagnostics.max_weight, "warnings": res.diagnostics.warnings,
             "policy_levels": getattr(inner, "info", {}).get("levels")}
@@ -117,6 +129,8 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
     from recsys.service.join import join_logs
 
     t0 = time.perf_counter()
+    if plan.contexts not in ("user", "request"):
+        raise RecsysError(f"loop.contexts={plan.contexts!r}: expected user or request")
     if plan.estimator not in ("DR", "SNIPS"):
         raise RecsysError(f"loop.estimator={plan.estimator!r}: expected DR or SNIPS")
     if "champion" in challengers or not challengers:
@@ -127,7 +141,7 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
         raise RecsysError("the champion's serve.bundles.catalogue is needed: it is the OPE log's action set")
     timings: dict[str, float] = {}
     offline = dict(offline_ndcg or {})
-    sim_kw = dict(channel=plan.channel)
+    sim_kw = dict(channel=plan.channel, post_events=plan.post_events)
 
     # 1. the champion explores
     t = time.perf_counter()

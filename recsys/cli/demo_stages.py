@@ -173,6 +173,10 @@ def loop_stage(out: Path, data: Any, stage: str, n_explore: int, n_canary: int, 
               f"[{r['ope_ci'][0]:.3f}, {r['ope_ci'][1]:.3f}] (ESS {r['ess']:.0f}) | canary, true clicks/slate "
               f"{r['online']:.3f} [{r['online_ci'][0]:.3f}, {r['online_ci'][1]:.3f}] over {r['online_requests']} "
               f"requests")
+        if r["ess"] < plan.min_ess:
+            print(f"      {'':<10} ESS {r['ess']:.0f} < {plan.min_ess:g}: too few of the champion's explored slates "
+                  f"match this policy for a reliable estimate at this demo size (the measured study: "
+                  f"docs/online_loop.md)")
     ab = res["ab"]
     v = ab["verdicts"]["ann_only"]
     srm = ab["srm"]

@@ -235,6 +235,27 @@ class CrossFit:
         return OPEData(self.r, self.p, target, self.q_logged, q_target, unsupported)
 
 
+    def ope_data_requests(self, request_fn: PolicyFn, block: int = 256) -> OPEData:
+        """Terms of a policy that differs per request, not per context (a stateful
+        service replayed request by request): ``request_fn(rows (b,))`` -> ``(b, K, M)``
+        distributions of those log rows; the reward model still acts on the rows'
+        contexts."""
+        c, a = self.c, self.a
+        n, k = a.shape
+        target, q_target = np.zeros((n, k)), np.zeros((n, k))
+        zeros = np.zeros((min(block, n), k), dtype=np.int64)
+        for s in range(0, n, block):
+            rows = np.arange(s, min(s + block, n))
+            probs = request_fn(rows)
+            target[rows] = policy_terms(probs, a[rows])[0]
+            for f, mdl in enumerate(self.models):
+                sel = self.folds[rows] == f
+                if sel.any():
+                    ctx, at = np.unique(c[rows[sel]], return_inverse=True)
+                    q = mdl.predict(ctx)[np.ravel(at)]
+                    q_target[rows[sel]] = policy_terms(probs[sel], zeros[:int(sel.sum())], q)[1]
+        return OPEData(self.r, self.p, target, self.q_logged, q_target, np.zeros((n, k)))
+
     def refit_bootstrap(self, policy_fn: PolicyFn, n_bootstrap: int, clip: float | None = None,
                         switch_tau: float = np.inf, seed: int = 0, block: int = 256,
                         max_cache_bytes: float = 2e8) -> dict[str, np.ndarray]:

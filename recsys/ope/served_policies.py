@@ -22,11 +22,16 @@ directory and an exported bundle set served by the decision service.
   ``temperature``, the exact marginals of :mod:`recsys.service.explore`) or
   ``served`` (the exploration the serving config declares for ``channel``).
   The pipeline answers every request of the log, in the log's order, from a state
-  warm-started like the service's and then moved by its own answers (the ranker's
-  impression counters grow as it serves), and a user's policy is the average over
-  that user's requests (contexts are users). A live service's state also moves with
-  the other arms' traffic and with exploration, so the replica is close, not exact
-  (measured in docs/online_loop.md).
+  warm-started like the service's, and a user's policy is the average over that
+  user's requests (contexts are users). How the state moves between requests
+  (``state``): ``log`` (default) replays what the logged system recorded: after
+  request t, the slate the log shows for it is recorded as shown (the impression
+  counters and cap windows the ranker and the caps read), and with ``log_clicks``
+  its clicks are applied as click events (recent items, click counters, behavioural
+  features), as a service receiving ``/v1/events`` does; the replica's own answers
+  record nothing. ``own``: the replica's answers are recorded as if it had served
+  them alone (and no clicks arrive). A stateful ranker is not a fixed policy: which
+  trajectory the estimate assumes matters (measured in docs/online_loop.md).
 
 Both return objects with ``probs(users) -> (b, K, M)`` over the setup's action set.
 """
@@ -161,25 +166,50 @@ class ServedPolicy:
     """Per-user slates (or per-position marginals) of a bundle set, precomputed.
 
     ``rows[u]`` = ``(cols (n,), marg (n, K))``: the items' action columns and the
-    probability of each at each position (averaged over the user's requests)."""
+    probability of each at each position (averaged over the user's requests);
+    ``requests[r]`` the same for log request ``r`` alone (a stateful service answers a
+    user differently as its state moves: :meth:`request_probs`)."""
 
     def __init__(self, rows: dict[int, tuple[np.ndarray, np.ndarray]], n_actions: int, slate_size: int,
-                 info: dict[str, Any]):
+                 info: dict[str, Any], requests: list[tuple[np.ndarray, np.ndarray]] | None = None):
         self.rows, self.n_actions, self.slate_size, self.info = rows, n_actions, slate_size, info
+        self.requests = requests
 
-    def probs(self, users: np.ndarray) -> np.ndarray:
-        u = np.asarray(users, dtype=np.int64)
-        out = np.zeros((len(u), self.slate_size, self.n_actions))
-        for r, user in enumerate(u.tolist()):
-            cols, marg = self.rows[user]
-            kk = marg.shape[1]
-            out[r, :kk, :] = 0.0
+    def _dense(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        out = np.zeros((len(parts), self.slate_size, self.n_actions))
+        for r, (cols, marg) in enumerate(parts):
             np.add.at(out[r].T, cols, marg)  # out[r, j, cols[i]] += marg[i, j]
         return out
 
+    def probs(self, users: np.ndarray) -> np.ndarray:
+        """Per-user distributions (the average over the user's requests)."""
+        return self._dense([self.rows[u] for u in np.asarray(users, dtype=np.int64).tolist()])
+
+    def request_probs(self, rows: np.ndarray) -> np.ndarray:
+        """The distributions of log requests ``rows`` (``CrossFit.ope_data_requests``)."""
+        if self.requests is None:
+            raise RecsysError("this served policy kept no per-request distributions")
+        return self._dense([self.requests[r] for r in np.asarray(rows, dtype=np.int64).tolist()])
+
+
+class _ReplayState:
+    """A state whose ``reserve`` answers as the service's would (caps read) but records
+    nothing: the replayed log, not the replica, moves the counters."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def reserve(self, user: str, channel: str, candidates: Any, k: int, caps: Any, now: float,
+                decision_id: str) -> list[str]:
+        return self._inner.reserve(user, channel, candidates, k, caps, now, decision_id, record=False)
+
 
 def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", temperature: float = 0.1,
-                  pool: int = 20, channel: str = "web") -> ServedPolicy:
+                  pool: int = 20, channel: str = "web", state: str = "log", log_clicks: bool = False
+                  ) -> ServedPolicy:
     """A bundle set served by the decision service's pipeline, as a slate policy.
 
     Args:
@@ -189,6 +219,10 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
         mode: ``topk`` | ``softmax`` | ``served`` (the config's exploration for ``channel``).
         temperature, pool: the softmax's (``mode=softmax``), as in ``serve.exploration``.
         channel: the request's channel.
+        state: ``log`` (the log's slates, and with ``log_clicks`` its clicks, move the
+            state) | ``own`` (the replica's own answers do).
+        log_clicks: with ``state=log``, apply the log's clicks as click events (set it
+            when the logged service received its clicks on ``/v1/events``).
     """
     from recsys.service.app import warm_state
     from recsys.service.bundles import BundleHolder
@@ -201,6 +235,10 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
         raise RecsysError("policy=bundle needs policy.serve=<serving config .yaml/.json>")
     if mode not in ("topk", "softmax", "served"):
         raise RecsysError(f"policy.mode={mode!r}: expected topk, softmax or served")
+    if state not in ("log", "own"):
+        raise RecsysError(f"policy.state={state!r}: expected log (the log's slates move the state) or own")
+    if log_clicks and state != "log":
+        raise RecsysError("policy.log_clicks=true needs policy.state=log")
     raw = read_serving_config(serve)
     raw.pop("experiment", None)  # the policy is one bundle set: no routing
     try:
@@ -212,16 +250,21 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
     k = s.slate_size
     n_ask = max(int(ex.pool), k) if ex.policy != "none" else k
     cfg = replace(cfg, exploration={})
-    state = make_state("memory", cfg.redis_url, cfg.redis_timeout_s)
+    store = make_state("memory", cfg.redis_url, cfg.redis_timeout_s)
     if cfg.bundles.events:
-        warm_state(state, cfg.bundles.events, cfg)
-    pipe = Pipeline(cfg, BundleHolder(cfg.bundles), state)
+        warm_state(store, cfg.bundles.events, cfg)
+    holder = BundleHolder(cfg.bundles)
+    pipe = Pipeline(cfg, holder, _ReplayState(store) if state == "log" else store)
+    log = s.log
+    click_weight = float(cfg.event_weights.get("click", 1.0))
     acc: dict[int, dict[int, np.ndarray]] = {}  # user -> action column -> (K,) summed marginals
     n_req: dict[int, int] = {}
     levels: dict[str, int] = {}
+    requests: list[tuple[np.ndarray, np.ndarray]] = []
     try:
-        for u in s.log.users.tolist():  # every logged request, in the log's order: the state evolves as it served
-            d = pipe.recommend(Request(str(s.log.user_ids[u]), channel, n_ask))
+        for r, u in enumerate(log.users.tolist()):  # every logged request, in the log's order
+            uid = str(log.user_ids[u])
+            d = pipe.recommend(Request(uid, channel, n_ask))
             levels[d.level] = levels.get(d.level, 0) + 1
             cols = _action_columns(s, np.array(d.items, dtype=object))
             if (cols < 0).any():
@@ -235,7 +278,10 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
             per = acc.setdefault(u, {})
             for c, row in zip(cols.tolist(), marg):
                 per[c] = per[c] + row if c in per else row.copy()
+            requests.append((cols, marg))
             n_req[u] = n_req.get(u, 0) + 1
+            if state == "log":
+                _replay_request(store, holder, cfg, log, r, uid, channel, log_clicks, click_weight)
     finally:
         pipe.close()
     rows = {}
@@ -243,5 +289,28 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
         cs = np.fromiter(per, dtype=np.int64, count=len(per))
         rows[u] = (cs, np.stack([per[c] for c in cs.tolist()]) / n_req[u])
     info = {"serve": str(serve) if not isinstance(serve, Mapping) else "mapping", "mode": mode,
-            "exploration": ex.name, "levels": levels, "channel": channel}
-    return ServedPolicy(rows, s.n_actions, k, info)
+            "exploration": ex.name, "levels": levels, "channel": channel, "state": state, "log_clicks": log_clicks}
+    return ServedPolicy(rows, s.n_actions, k, info, requests)
+
+
+def _replay_request(store: Any, holder: Any, cfg: Any, log: Any, r: int, uid: str, channel: str, clicks: bool,
+                    click_weight: float) -> None:
+    """Request ``r`` of the log as the logged service recorded it: its slate shown
+    (``reserve``, as the pipeline records a served slate), its clicks as click events
+    (as ``POST /v1/events`` applies them: state, then behavioural features)."""
+    import time
+
+    acts = log.actions[r]
+    shown = [str(log.item_ids[a]) for a in acts.tolist() if a > 0]
+    now = time.time()
+    if shown:
+        store.reserve(uid, channel, shown, len(shown), cfg.caps, now, f"replay-{r}")
+    if not clicks:
+        return
+    bs = holder.current
+    for j in np.flatnonzero((np.nan_to_num(log.rewards[r]) > 0) & (acts > 0)).tolist():
+        item = str(log.item_ids[acts[j]])
+        store.add_event(uid, item, click_weight, True, None, cfg.recent_items)
+        if bs.behaviour is not None:
+            cat = bs.catalogue.category.get(item) if bs.catalogue is not None else None
+            bs.behaviour.ingest(uid, item, now, "click", cat, None, None)

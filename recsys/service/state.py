@@ -162,7 +162,9 @@ class InProcessState:
             return {i for i in items if self._count(f"ui:{user}\x1f{i}", now, win) >= lim}
 
     def reserve(self, user: str, channel: str, candidates: Sequence[str], k: int, caps: Caps, now: float,
-                decision_id: str) -> list[str]:
+                decision_id: str, record: bool = True) -> list[str]:
+        """The first ``k`` candidates the caps allow, recorded as shown (impressions, cap
+        windows) unless ``record`` is false (a replay that must not count its own answers)."""
         ucl, ucw, ul, uw, uil, uiw = _cap_args(caps)
         uc, uk = f"uc:{user}\x1f{channel}", f"u:{user}"
         with self._lock:
@@ -178,6 +180,8 @@ class InProcessState:
                 if uil >= 0 and self._count(f"ui:{user}\x1f{item}", now, uiw) >= uil:
                     continue
                 out.append(item)
+            if not record:
+                return out
             for item in out:
                 if uil >= 0:
                     self.shown[f"ui:{user}\x1f{item}"].append(now)
