@@ -234,7 +234,6 @@ class CrossFit:
                     q_target[rows[sel]] = qt[np.ravel(at)]
         return OPEData(self.r, self.p, target, self.q_logged, q_target, unsupported)
 
-
     def ope_data_requests(self, request_fn: PolicyFn, block: int = 256) -> OPEData:
         """Terms of a policy that differs per request, not per context (a stateful
         service replayed request by request): ``request_fn(rows (b,))`` -> ``(b, K, M)``

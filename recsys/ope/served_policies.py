@@ -256,7 +256,6 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
     holder = BundleHolder(cfg.bundles)
     pipe = Pipeline(cfg, holder, _ReplayState(store) if state == "log" else store)
     log = s.log
-    click_weight = float(cfg.event_weights.get("click", 1.0))
     acc: dict[int, dict[int, np.ndarray]] = {}  # user -> action column -> (K,) summed marginals
     n_req: dict[int, int] = {}
     levels: dict[str, int] = {}
@@ -281,7 +280,7 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
             requests.append((cols, marg))
             n_req[u] = n_req.get(u, 0) + 1
             if state == "log":
-                _replay_request(store, holder, cfg, log, r, uid, channel, log_clicks, click_weight)
+                _replay_request(store, holder, cfg, log, r, uid, channel, log_clicks)
     finally:
         pipe.close()
     rows = {}
@@ -293,12 +292,14 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
     return ServedPolicy(rows, s.n_actions, k, info, requests)
 
 
-def _replay_request(store: Any, holder: Any, cfg: Any, log: Any, r: int, uid: str, channel: str, clicks: bool,
-                    click_weight: float) -> None:
+def _replay_request(store: Any, holder: Any, cfg: Any, log: Any, r: int, uid: str, channel: str,
+                    clicks: bool) -> None:
     """Request ``r`` of the log as the logged service recorded it: its slate shown
     (``reserve``, as the pipeline records a served slate), its clicks as click events
-    (as ``POST /v1/events`` applies them: state, then behavioural features)."""
+    (:func:`recsys.service.app.apply_event`, as ``POST /v1/events`` applies them)."""
     import time
+
+    from recsys.service.app import apply_event
 
     acts = log.actions[r]
     shown = [str(log.item_ids[a]) for a in acts.tolist() if a > 0]
@@ -307,10 +308,5 @@ def _replay_request(store: Any, holder: Any, cfg: Any, log: Any, r: int, uid: st
         store.reserve(uid, channel, shown, len(shown), cfg.caps, now, f"replay-{r}")
     if not clicks:
         return
-    bs = holder.current
     for j in np.flatnonzero((np.nan_to_num(log.rewards[r]) > 0) & (acts > 0)).tolist():
-        item = str(log.item_ids[acts[j]])
-        store.add_event(uid, item, click_weight, True, None, cfg.recent_items)
-        if bs.behaviour is not None:
-            cat = bs.catalogue.category.get(item) if bs.catalogue is not None else None
-            bs.behaviour.ingest(uid, item, now, "click", cat, None, None)
+        apply_event(store, holder.current, cfg, uid, str(log.item_ids[acts[j]]), "click", now)

@@ -107,6 +107,26 @@ def apply_consent_list(state: State, path: str, default: bool) -> Any:
     return consent
 
 
+def apply_event(state: State, bs: Any, cfg: ServeConfig, user_id: str, item_id: str, event_type: str, t: float,
+                segment: str | None = None, session_id: str | None = None, value: float | None = None) -> None:
+    """One behavioural event of a consenting user, as ``POST /v1/events`` applies it:
+    the state (recent items, popularity, click counters), then the ranker's behavioural
+    features of bundle set ``bs``, directly (one process) or through the shared stream
+    every replica applies before it reads. The OPE replica of a bundle set replays
+    logged clicks through here too."""
+    state.add_event(user_id, item_id, float(cfg.event_weights.get(event_type, 1.0)), event_type == "click",
+                    segment, cfg.recent_items)
+    beh = bs.behaviour
+    if beh is None:
+        return
+    cat = bs.catalogue.category.get(item_id) if bs.catalogue is not None else None
+    if getattr(state, "remote", False):
+        state.publish_event({"user_id": user_id, "item_id": item_id, "timestamp": t, "event_type": event_type,
+                             "category": cat, "session_id": session_id, "value": value})
+    else:
+        beh.ingest(user_id, item_id, t, event_type, cat, session_id, value)
+
+
 def warm_state(state: State, path: str, cfg: ServeConfig, consent: Any = None) -> None:
     """Recent items per user and popularity from an event store (Parquet with
     user_id, item_id, timestamp, event_type), so known users start with their
@@ -220,21 +240,6 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
         return RecommendResponse(decision_id=d.decision_id, items=d.items, scores=d.scores, level=d.level,
                                  versions=d.versions, reasons=d.reasons, latency_ms=d.latency_ms, arm=d.arm)
 
-    def record_behaviour(e: EventIn) -> None:
-        """The event into the ranker's behavioural features: directly (one process) or
-        through the shared stream every replica applies before it reads."""
-        beh = holder.current.behaviour
-        if beh is None:
-            return
-        cat = holder.current.catalogue.category.get(e.item_id) if holder.current.catalogue is not None else None
-        t = time.time() if e.timestamp is None else float(e.timestamp)
-        if getattr(state, "remote", False):
-            state.publish_event({"user_id": e.user_id, "item_id": e.item_id, "timestamp": t,
-                                 "event_type": e.event_type, "category": cat, "session_id": e.session_id,
-                                 "value": e.value})
-        else:
-            beh.ingest(e.user_id, e.item_id, t, e.event_type, cat, e.session_id, e.value)
-
     @app.post("/v1/events", status_code=202)
     def events(body: EventsIn) -> dict[str, Any]:
         recorded = skipped = 0
@@ -244,9 +249,9 @@ def create_app(cfg: ServeConfig, state: State | None = None, bundles: BundleHold
                 if not (cfg.consent_default if consent is None else consent):
                     skipped += 1  # nothing about an opted-out user is stored
                     continue
-                state.add_event(e.user_id, e.item_id, float(cfg.event_weights.get(e.event_type, 1.0)),
-                                e.event_type == "click", e.segment, cfg.recent_items)
-                record_behaviour(e)
+                apply_event(state, holder.current, cfg, e.user_id, e.item_id, e.event_type,
+                            time.time() if e.timestamp is None else float(e.timestamp), e.segment, e.session_id,
+                            e.value)
                 recorded += 1
         except StateUnavailable:
             metrics.errors.labels("events", "state_unavailable").inc()

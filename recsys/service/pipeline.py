@@ -478,7 +478,7 @@ class Pipeline:
         else:
             chosen = ranked[: req.k]
         props = props[: len(chosen)] if explored else [1.0] * len(chosen)
-        if rerank_exposure and level == "personalised":
+        if rerank_exposure:
             self._record_exposure(bs, req.channel, chosen)
         lat["total"] = (time.perf_counter() - t0) * 1e3
         if self.metrics is not None:
