@@ -46,10 +46,13 @@ def test_loop_end_to_end_three_variants(paths, tmp_path):
     # the exploring champion's OPE on its own log = its measured online value
     self_ = out["champion_explore"]
     assert self_["ess"] > 250 and self_["rel_error"] < 0.15
-    # the greedy champion's OPE agrees with its canary arm (well supported by its own exploration)
-    assert rows["champion"]["ess"] > 50 and rows["champion"]["rel_error"] < 0.2
-    # catalogue order is hardly shown by the exploring champion: low ESS, flagged by the goal filter
-    assert rows["static"]["ess"] < rows["champion"]["ess"]
+    # the exploration mixes in every variant's greedy slate (share 0.5 over 3 variants): each variant's weights
+    # are at most 6, so its ESS is near 600 / 6 or more (catalogue order got an ESS of 7 from a softmax around
+    # the champion alone), and its OPE is close to its canary arm
+    assert out["plan"]["mixture_share"] == 0.5
+    for name, r in rows.items():
+        assert r["ess"] > 80 and r["rel_error"] < 0.3, (name, r["ess"], r["rel_error"])
+    assert np.mean([r["rel_error"] for r in rows.values()]) < 0.2
     assert set(out["goals"]["within_10%_where_ess_ge_50"]) == {n for n, r in rows.items() if r["ess"] >= 50}
     ab = out["ab"]
     assert set(ab["arms"]) == {"champion", "ann_only", "static"} and not ab["srm"]["flagged"]
@@ -65,4 +68,6 @@ def test_loop_refuses_a_challenger_named_champion(paths, tmp_path):
         run_loop(None, {"bundles": {"catalogue": str(paths["catalogue"])}}, {"champion": {}}, tmp_path)
     with pytest.raises(RecsysError, match="expected DR or SNIPS"):
         run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(estimator="IPS"))
+    with pytest.raises(RecsysError, match="mixture_share=1.5: expected 0 <= value <= 1"):
+        run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(mixture_share=1.5))
     assert not np.any([p.name.startswith("explore") for p in tmp_path.iterdir()])

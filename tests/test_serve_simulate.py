@@ -160,3 +160,40 @@ def test_log_replay_with_clicks_reproduces_every_served_slate(paths, world, tmp_
         bundle_policy(s, 0, serve=serve, state="x")
     with pytest.raises(RecsysError, match=r"policy.log_clicks=true needs policy.state=log"):
         bundle_policy(s, 0, serve=serve, state="own", log_clicks=True)
+
+
+def test_mixture_logger_replica_gives_the_logged_propensities_and_supports_each_challenger(paths, world, tmp_path):
+    """A service exploring toward two challengers (``exploration.mixture``): the OPE
+    replica of that exploring service (``mode=served``, the log's state) gives, request
+    by request, exactly the propensity the service logged for every shown item; each
+    challenger's greedy replica slate has logging probability >= share / 2 at every
+    position (its importance weights are bounded by 2 / share)."""
+    from recsys.data.bandit_logs import LogOptions
+    from recsys.ope.served_policies import bundle_policy
+    from recsys.ope.setup import build_log_setup, read_log_only
+    from recsys.service.join import join_logs
+
+    challengers = {"ann_only": {"ranker": None}, "static": {"index": None, "ranker": None}}
+    share = 0.4
+    serve = _serve(paths, tmp_path, exploration={"default": {
+        "policy": "softmax", "temperature": 0.05, "pool": 20, "mixture": challengers, "mixture_share": share}})
+    with serving(create_app(serve_config(serve))) as url:
+        simulate_traffic(url, world, 80, seed=5)
+    time.sleep(0.1)
+    join_logs(tmp_path / "log", tmp_path / "ope_log.parquet")
+    s = build_log_setup(read_log_only(tmp_path / "ope_log.parquet", LogOptions(), paths["catalogue"]),
+                        str(paths["catalogue"]))
+    log = s.log
+    rows = np.arange(len(log.users))
+    assert set(pq.read_table(tmp_path / "ope_log.parquet").column("logging_policy").to_pylist()) == {
+        f"recsys.service/personalised/mixture(share={share:g},candidates=2)+softmax(T=0.05,pool=20)"}
+    mu = bundle_policy(s, 0, serve=serve, mode="served", state="log").request_probs(rows)
+    np.testing.assert_allclose(mu.sum(axis=2), 1.0, atol=1e-6)
+    at_logged = np.take_along_axis(mu, log.actions[:, :, None], axis=2)[..., 0]
+    np.testing.assert_allclose(at_logged, log.propensities, rtol=1e-6, atol=1e-9)
+    for name, b in challengers.items():
+        target = bundle_policy(s, 0, serve={**serve, "bundles": {**serve["bundles"], **b}}, mode="topk",
+                               state="log").request_probs(rows)
+        assert np.allclose(target.max(axis=2), 1.0)  # greedy
+        mass = (target * mu).sum(axis=2)  # the logger's probability of the challenger's item at each position
+        assert mass.min() >= share / 2 - 1e-9, name

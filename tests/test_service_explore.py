@@ -13,7 +13,8 @@ import pytest
 from recsys.service.app import create_app
 from recsys.service.config import ServiceConfigError, serve_config
 from recsys.service.decision_log import DECISION_SCHEMA, read_log
-from recsys.service.explore import Exploration, explore, marginals, pl_marginals, sample
+from recsys.service.explore import (Exploration, explore, explore_mixture, marginals, mixture_distribution,
+                                    pl_marginals, sample)
 from recsys.service.pipeline import Request
 from tests.service_helpers import build_bundles, config
 
@@ -80,12 +81,45 @@ def test_logged_propensities_match_frequencies_over_100k_decisions(ex):
     assert len(set(slate)) == len(slate) == k
 
 
+@pytest.mark.parametrize("base", [Exploration(policy="epsilon_greedy", epsilon=0.3, pool=10), Exploration()],
+                         ids=["epsilon_greedy", "greedy"])
+def test_mixture_propensities_match_frequencies_over_100k_decisions(base):
+    """A mixture toward three candidate slates (overlapping the pool, outside it, one
+    short): 100k draws of the function the service calls; every (item, position)
+    frequency within 0.01 of the exact distribution, and each logged propensity is
+    that distribution read at the drawn (item, position)."""
+    order = [f"i{j}" for j in range(30)]
+    scores = dict(zip(order, np.sort(np.random.default_rng(4).uniform(0, 0.5, 30))[::-1].tolist()))
+    cands = [["i0", "i5", "i12", "i2"], ["i25", "i26", "i0", "i27"], ["i3", "i1"]]
+    ex = Exploration(**{**base.__dict__, "mixture": {"a": {}, "b": {}, "c": {}}, "mixture_share": 0.4})
+    k, n = 4, 100_000
+    items, m = mixture_distribution(ex, order, scores, k, cands)
+    at = {a: r for r, a in enumerate(items)}
+    counts = np.zeros_like(m)
+    rng = np.random.default_rng(5)
+    for _ in range(n):
+        slate, props = explore_mixture(ex, order, scores, k, cands, rng)
+        for j, (a, p) in enumerate(zip(slate, props)):
+            counts[at[a], j] += 1
+            assert p == pytest.approx(m[at[a], j], rel=1e-12)
+    assert float(np.abs(counts / n - m).max()) <= 0.01
+    # positions 0, 1 always show an item; positions 2, 3 not when the short candidate is drawn
+    np.testing.assert_allclose(m.sum(axis=0), [1, 1, 1 - 0.4 / 3, 1 - 0.4 / 3], atol=1e-9)
+    # every candidate's own slate has support >= share / C at each of its positions
+    for c in cands:
+        assert all(m[at[a], j] >= 0.4 / 3 - 1e-12 for j, a in enumerate(c))
+
+
 def test_bad_exploration_config_is_one_line_naming_the_key():
     for bad, key in (({"web": {"policy": "thompson"}}, "serve.exploration.web.policy"),
                      ({"default": {"epsilon": 2}}, "serve.exploration.default.epsilon"),
                      ({"default": {"temperature": 0}}, "serve.exploration.default.temperature"),
                      ({"default": {"policy": "softmax", "levels": ["bogus"]}}, "serve.exploration.default.levels"),
-                     ({"default": {"tmperature": 1}}, "serve.exploration.default.tmperature")):
+                     ({"default": {"tmperature": 1}}, "serve.exploration.default.tmperature"),
+                     ({"default": {"mixture": {"x": {"rankr": None}}}}, "serve.exploration.default.mixture.x"),
+                     ({"default": {"mixture": {"x": {}}, "mixture_share": 0}},
+                      "serve.exploration.default.mixture_share"),
+                     ({"default": {"mixture": {}}}, "serve.exploration.default.mixture")):
         with pytest.raises(ServiceConfigError) as e:
             serve_config({"static_items": ["1"], "exploration": bad})
         assert key in str(e.value) and "\n" not in str(e.value)
@@ -115,6 +149,46 @@ def test_pipeline_propensities_match_frequencies_for_a_fixed_request(paths, tmp_
     shown = counts > 0
     np.testing.assert_allclose(props[shown], m[shown], rtol=1e-9)  # logged = the exact marginal
     assert np.abs(counts / 4000 - m).max() < 0.035                  # ~4 sd at n = 4000
+
+
+def test_pipeline_mixture_serves_each_candidates_greedy_slate_with_exact_propensities(paths, tmp_path):
+    """A champion (index + ranker) exploring toward two candidates (ANN order without
+    the ranker; no index: its fallback chain answers): each logged propensity is the
+    request's exact mixture distribution; each candidate's slate is the one a
+    deterministic service of that bundle set serves from the same state; over 3000
+    decisions the frequencies follow the distribution."""
+    from recsys.service.bundles import BundleHolder
+    from recsys.service.pipeline import Pipeline
+
+    mixture = {"ann": {"ranker": None}, "no_index": {"index": None, "ranker": None}}
+    base = config(paths, tmp_path, decision_log={"directory": None}, caps={"user_item": None})
+    cfg = serve_config({**base, "exploration": {"default": {"policy": "softmax", "temperature": 0.1, "pool": 10,
+                                                            "mixture": mixture, "mixture_share": 0.5}}})
+    app = create_app(cfg)
+    pipe = app.state.pipeline
+    solo = {n: serve_config({**base, "bundles": {**base["bundles"], **ov}}) for n, ov in mixture.items()}
+    solo_pipes = {n: Pipeline(c, BundleHolder(c.bundles), pipe.state) for n, c in solo.items()}
+    n, k = 3000, 4
+    counts, mass = {}, {}
+    for t in range(n):
+        want = {name: p.recommend(Request("5", "web", k)).items for name, p in solo_pipes.items()}
+        d = pipe.recommend(Request("5", "web", k, distribution=True))
+        assert d.exploration.startswith("mixture(share=0.5,candidates=2)+softmax") and d.level == "personalised"
+        items, m = d.distribution
+        at = {a: r for r, a in enumerate(items)}
+        for j, (a, p) in enumerate(zip(d.items, d.propensities)):
+            assert p == pytest.approx(m[at[a], j], rel=1e-12)
+        for c in want.values():  # the candidates' slates from the same state are in the mixture, at share / 2
+            assert all(m[at[a], j] >= 0.25 - 1e-12 for j, a in enumerate(c))
+        for a, row in zip(items, m):
+            mass[a] = mass.get(a, 0) + row
+        for j, a in enumerate(d.items):
+            counts.setdefault(a, np.zeros(k))[j] += 1
+    for p in (pipe, *solo_pipes.values()):
+        p.close()
+    assert want["ann"] != want["no_index"]
+    diff = max(float(np.abs(counts.get(a, 0) / n - mass[a] / n).max()) for a in mass)
+    assert diff < 0.04  # ~4 sd at n = 3000
 
 
 def test_explored_decisions_round_trip_through_the_log_and_logs_join(paths, tmp_path):

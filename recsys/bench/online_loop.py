@@ -58,6 +58,15 @@ class LoopPlan:
             best items from its later slates, and the user's state depends on the
             policy that served them; per-request OPE assumes it does not (measured in
             docs/online_loop.md: Kendall tau 0.14 at 15 requests per user).
+        contexts: ``request``: each variant's slate at request r is its replica's answer at r
+            (exact when the state moves between a user's requests); ``user``: the average over
+            the user's requests.
+        mixture_share: with probability ``mixture_share`` the exploring champion serves the
+            greedy slate of a uniformly chosen variant (the champion or a challenger:
+            ``serve.exploration.<ch>.mixture``, exact propensities), else its
+            ``exploration`` draw; 0: the champion's exploration alone. Every variant's
+            slate then has propensity at least ``mixture_share / n_variants`` at every
+            position.
     """
 
     n_explore: int = 6000
@@ -71,7 +80,8 @@ class LoopPlan:
     n_bootstrap: int = 100
     channel: str = "web"
     post_events: bool = False
-    contexts: str = "user"
+    contexts: str = "request"
+    mixture_share: float = 0.5
 
 
 def _rank_agreement(a: list[float], b: list[float]) -> tuple[float | None, float | None]:
@@ -100,6 +110,18 @@ def _ope_one(s: Any, cf: Any, serve: Mapping[str, Any], mode: str, plan: LoopPla
     return {"estimates": row, "ess": res.diagnostics.ess, "unsupported_mass": res.diagnostics.unsupported_mass,
             "max_weight": res.diagnostics.max_weight, "warnings": res.diagnostics.warnings,
             "policy_levels": getattr(inner, "info", {}).get("levels")}
+
+
+def _exploration(plan: LoopPlan, challengers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The exploring champion's ``serve.exploration.default``: its own exploration, mixed
+    with the greedy slates of the champion and of every challenger when
+    ``plan.mixture_share > 0`` (the champion's greedy slate is a variant too: a
+    temperature that explores enough leaves it little mass of its own)."""
+    ex = dict(plan.exploration)
+    if plan.mixture_share > 0:
+        ex.update(mixture={"champion": {}, **{n: dict(b) for n, b in challengers.items()}},
+                  mixture_share=float(plan.mixture_share))
+    return ex
 
 
 def _serve_block(champion: Mapping[str, Any], bundles: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -131,6 +153,8 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
     t0 = time.perf_counter()
     if plan.contexts not in ("user", "request"):
         raise RecsysError(f"loop.contexts={plan.contexts!r}: expected user or request")
+    if not 0.0 <= plan.mixture_share <= 1.0:
+        raise RecsysError(f"loop.mixture_share={plan.mixture_share!r}: expected 0 <= value <= 1")
     if plan.estimator not in ("DR", "SNIPS"):
         raise RecsysError(f"loop.estimator={plan.estimator!r}: expected DR or SNIPS")
     if "champion" in challengers or not challengers:
@@ -145,7 +169,7 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
 
     # 1. the champion explores
     t = time.perf_counter()
-    explore_serve = {**_serve_block(champion, None), "exploration": {"default": dict(plan.exploration)}}
+    explore_serve = {**_serve_block(champion, None), "exploration": {"default": _exploration(plan, challengers)}}
     explore = simulate_service(explore_serve, world, plan.n_explore, out_dir / "explore", seed=plan.seed, **sim_kw)
     timings["explore_s"] = time.perf_counter() - t
 

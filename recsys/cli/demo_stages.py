@@ -151,7 +151,8 @@ def loop_stage(out: Path, data: Any, stage: str, n_explore: int, n_canary: int, 
     """One iteration of the online loop (:func:`recsys.bench.online_loop.run_loop`) on the
     demo's bundles: the champion (encoder + HNSW + DCN-v2, as served by the service
     stage) explores, its logs are joined, the ANN-only challenger (no ranker) is
-    estimated by OPE from them, both run as canary arms with clicks from the world's
+    estimated by OPE from them (the exploration mixes in the challenger's own slates,
+    so its estimate has support), both run as canary arms with clicks from the world's
     true click model, and ``ab analyze`` gives the verdict."""
     from recsys.bench.online_loop import LoopPlan, run_loop
     from recsys.data.synthetic_source import load_world
@@ -159,9 +160,10 @@ def loop_stage(out: Path, data: Any, stage: str, n_explore: int, n_canary: int, 
     t0 = time.perf_counter()
     world = load_world(data.extras_dir, data.extras)
     plan = LoopPlan(n_explore=n_explore, n_canary=n_canary, n_bootstrap=n_bootstrap)
-    print(f"{stage} online loop: the champion (the service above) explores ({plan.exploration['policy']} "
-          f"T={plan.exploration['temperature']} over its top {plan.exploration['pool']}) for {n_explore} requests "
-          f"of world users over loopback, clicks from the world's true click model")
+    print(f"{stage} online loop: the champion (the service above) explores for {n_explore} requests of world users "
+          f"over loopback ({plan.exploration['policy']} T={plan.exploration['temperature']} over its top "
+          f"{plan.exploration['pool']}, mixed with the challenger's greedy slate {plan.mixture_share:.0%} of the "
+          f"time), clicks from the world's true click model")
     res = run_loop(world, _serve_block(out / "export"), {"ann_only": {"ranker": None}}, out / "online_loop", plan)
     j = res["logs_join"]
     print(f"      logs join: {j.get('requests', '?')} requests, {j.get('rows', '?')} rows -> "

@@ -137,7 +137,8 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
     plan = LoopPlan(n_explore=int(sv["n_explore"]), n_canary=int(sv["n_canary"]), exploration=dict(sv["exploration"]),
                     estimator=str(sv["estimator"]), min_ess=float(sv["min_ess"]), tolerance=float(sv["tolerance"]),
                     seed=int(cfg.seed), n_bootstrap=int(sv["n_bootstrap"]), channel=str(sv["channel"]),
-                    post_events=bool(sv["post_events"]), contexts=str(sv["contexts"]))
+                    post_events=bool(sv["post_events"]), contexts=str(sv["contexts"]),
+                    mixture_share=float(sv["mixture_share"]))
     out = run_loop(world, study["champion"], study["challengers"], out_dir / "loop", plan,
                    study.get("offline_ndcg"))
     print(ope_report.format_table(out["variants"], ["offline_ndcg", "ope", "online", "rel_error", "ess"],

@@ -15,12 +15,13 @@ directory and an exported bundle set served by the decision service.
   an exported bundle set (encoder + index + ranker + catalogue, as ``recsys serve``
   takes them) run through the service's own :class:`recsys.service.pipeline.Pipeline`
   in this process (the serving runtimes: onnxruntime, faiss), with in-memory state
-  warmed from ``serve.bundles.events``. For each user of the log it asks for the
-  service's final ordering (and its scores), then turns it into per-position
-  probabilities: ``topk`` (the greedy slate the service serves without
-  exploration), ``softmax`` (Plackett-Luce over the first ``pool`` items at
-  ``temperature``, the exact marginals of :mod:`recsys.service.explore`) or
-  ``served`` (the exploration the serving config declares for ``channel``).
+  warmed from ``serve.bundles.events``. For each request of the log the pipeline
+  gives its policy's per-position probabilities (``Request.distribution``: computed
+  by the same code that draws a served slate): ``topk`` (the greedy slate the
+  service serves without exploration), ``softmax`` (Plackett-Luce over the first
+  ``pool`` items at ``temperature``, the exact marginals of
+  :mod:`recsys.service.explore`) or ``served`` (the exploration the serving config
+  declares for ``channel``, a mixture over candidate bundle sets included).
   The pipeline answers every request of the log, in the log's order, from a state
   warm-started like the service's, and a user's policy is the average over that
   user's requests (contexts are users). How the state moves between requests
@@ -227,7 +228,7 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
     from recsys.service.app import warm_state
     from recsys.service.bundles import BundleHolder
     from recsys.service.config import serve_config
-    from recsys.service.explore import Exploration, marginals
+    from recsys.service.explore import Exploration
     from recsys.service.pipeline import Pipeline, Request
     from recsys.service.state import make_state
 
@@ -248,8 +249,8 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
     ex = {"topk": Exploration(), "softmax": Exploration("softmax", temperature=temperature, pool=pool),
           "served": cfg.exploration.get(channel) or cfg.exploration.get("default") or Exploration()}[mode]
     k = s.slate_size
-    n_ask = max(int(ex.pool), k) if ex.policy != "none" else k
-    cfg = replace(cfg, exploration={})
+    # the pipeline itself draws and gives the whole distribution of its exploring policy (a mixture too)
+    cfg = replace(cfg, exploration={"default": ex} if ex.active else {})
     store = make_state("memory", cfg.redis_url, cfg.redis_timeout_s)
     if cfg.bundles.events:
         warm_state(store, cfg.bundles.events, cfg)
@@ -263,17 +264,14 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
     try:
         for r, u in enumerate(log.users.tolist()):  # every logged request, in the log's order
             uid = str(log.user_ids[u])
-            d = pipe.recommend(Request(uid, channel, n_ask))
+            d = pipe.recommend(Request(uid, channel, k, distribution=True))
             levels[d.level] = levels.get(d.level, 0) + 1
-            cols = _action_columns(s, np.array(d.items, dtype=object))
+            items, marg = d.distribution if d.distribution is not None else (d.items, np.eye(len(d.items), k))
+            cols = _action_columns(s, np.array(items, dtype=object))
             if (cols < 0).any():
-                bad = d.items[int(np.flatnonzero(cols < 0)[0])]
+                bad = items[int(np.flatnonzero(cols < 0)[0])]
                 raise RecsysError(f"policy.serve: the bundle set serves item {bad!r}, which is not in the log's action "
                                   f"set ({s.catalogue}); give the catalogue (data= or catalogue=)")
-            explored = ex.policy != "none" and d.level in ex.explored_levels
-            marg = marginals(ex if explored else Exploration(), d.scores[:len(d.items)], k)
-            if marg.shape[1] < k:  # a short slate (caps, filters): no item at the last positions
-                marg = np.pad(marg, ((0, 0), (0, k - marg.shape[1])))
             per = acc.setdefault(u, {})
             for c, row in zip(cols.tolist(), marg):
                 per[c] = per[c] + row if c in per else row.copy()

@@ -264,6 +264,23 @@ def _experiment(data: Any, bundles: BundlePaths) -> Experiment | None:
     return exp
 
 
+def mixture_paths(base: BundlePaths, ex: Exploration, where: str) -> dict[str, BundlePaths]:
+    """The bundle paths of an exploration's mixture candidates (overrides of ``base``)."""
+    return {str(n): _build(BundlePaths, {**base.__dict__, **dict(ov)}, f"{where}.mixture.{n}.bundles")
+            for n, ov in (ex.mixture or {}).items()}
+
+
+def _check_mixtures(cfg: ServeConfig) -> None:
+    """Every mixture candidate names valid bundle keys (loaded by the router)."""
+    places = [("serve.exploration", cfg.exploration)]
+    if cfg.experiment is not None:
+        places += [(f"serve.experiment.arms.{a}.exploration", arm.exploration or {})
+                   for a, arm in cfg.experiment.arms.items()]
+    for where, exs in places:
+        for channel, ex in exs.items():
+            mixture_paths(cfg.bundles, ex, f"{where}.{channel}")
+
+
 def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
     """A checked :class:`ServeConfig` from a mapping."""
     data = dict(data or {})
@@ -271,6 +288,7 @@ def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
     cfg = _build(ServeConfig, data, "serve")
     cfg.exploration = _explorations(exploration, "serve.exploration")
     cfg.experiment = _experiment(experiment, cfg.bundles)
+    _check_mixtures(cfg)
     for channel, chain in cfg.fallback.items():
         bad = [lv for lv in chain if lv not in LEVELS]
         if bad or not chain:

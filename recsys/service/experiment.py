@@ -61,7 +61,7 @@ import numpy as np
 from recsys.evaluation import ab
 from recsys.experiments.assignment import HOLDBACK, NOT_IN_EXPERIMENT, ExperimentDesign, Holdback, assign
 from recsys.service.bundles import BundleHolder
-from recsys.service.config import BundlePaths, Experiment, Guardrails, ServeConfig, _build
+from recsys.service.config import BundlePaths, Experiment, Guardrails, ServeConfig, _build, mixture_paths
 from recsys.service.explore import Exploration
 
 DEFAULT = "default"
@@ -171,6 +171,9 @@ class Router:
         self.default = Route(DEFAULT, None, champion, cfg.exploration)
         self.routes: dict[str, Route] = {}
         self.stats: dict[str, ArmStats] = {}
+        self._mixture: dict[tuple, BundleHolder] = {}  # candidate bundle paths -> holder (loaded once)
+        self._by_exploration: dict[int, list[BundleHolder]] = {}
+        self._add_mixtures("serve.exploration", cfg.exploration)
         if self.exp is None:
             return
         e = self.exp
@@ -186,9 +189,26 @@ class Router:
                 holder = BundleHolder(_build(BundlePaths, {**cfg.bundles.__dict__, **arm.bundles},
                                              f"serve.experiment.arms.{name}.bundles"), champion.threads)
             ex = arm.exploration if arm.exploration is not None else cfg.exploration
+            self._add_mixtures(f"serve.experiment.arms.{name}.exploration", ex)
             self.routes[name] = Route(name, i, holder, ex)
             self.stats[name] = ArmStats(latencies=deque(maxlen=int(e.guardrails.latency_window)))
         self.holdback = Route(HOLDBACK, 0xFE, champion, {}, e.holdback.serve == "non_personalised")
+
+    def _add_mixtures(self, where: str, explorations: Mapping[str, Exploration]) -> None:
+        for channel, ex in explorations.items():
+            for paths in mixture_paths(self.cfg.bundles, ex, f"{where}.{channel}").values():
+                key = tuple(sorted(paths.__dict__.items()))
+                if key not in self._mixture:
+                    self._mixture[key] = BundleHolder(paths, self.champion.threads)
+
+    def mixture_holders(self, ex: Exploration) -> list[BundleHolder]:
+        """The holders of an exploration's mixture candidates, in its order."""
+        hit = self._by_exploration.get(id(ex))
+        if hit is None:
+            hit = [self._mixture[tuple(sorted(p.__dict__.items()))]
+                   for p in mixture_paths(self.cfg.bundles, ex, "mixture").values()]
+            self._by_exploration[id(ex)] = hit
+        return hit
 
     # ------------------------------------------------------------ routing
 

@@ -33,13 +33,23 @@ ordering, ``n = min(pool, len(ordering))``, at least ``k`` when available):
   analytic, doubly-exponentially decaying integrand is accurate to ~3e-10 (the
   truncation below ``e^-22``; tested against full enumeration of the permutations).
 
+**Mixture** (``mixture``: candidate bundle sets, ``mixture_share``: ``s``): the
+service also computes the greedy slate ``c`` of each of the ``C`` candidates for the
+request (through the same pipeline, from the same state); with probability ``s`` the
+slate is a uniformly chosen candidate's, else the policy above draws it. The
+marginal is exact: ``mu_j(a) = (1 - s) base_j(a) + s / C * #{c : c_j = a}``. This
+is exploration *toward* known challengers: every challenger's own slate is shown
+with probability at least ``s / C``, so each one's off-policy estimate has support
+at every position (importance weight at most ``C / s``), where a softmax around
+the champion rarely shows what a different retrieval model would.
+
 The draw of one decision is seeded by its ``decision_id``, so a logged decision can
 be replayed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -56,9 +66,19 @@ class Exploration:
     pool: int = 20                    # the random part draws from the first `pool` items of the ordering
     fixed: int = 1                    # topk_random_tail: leading positions kept greedy
     levels: list[str] | None = None   # levels explored (null: personalised only); others are deterministic
+    mixture: dict[str, Any] | None = None  # candidate bundle sets (name -> serve.bundles overrides) served greedily
+    mixture_share: float = 0.5        # with a mixture: probability the slate is a uniformly chosen candidate's
 
     def check(self, where: str) -> str | None:
         """The first problem as one line naming the key, or None."""
+        if self.mixture is not None:
+            if not isinstance(self.mixture, Mapping) or not self.mixture:
+                return f"{where}.mixture: expected a non-empty mapping name -> serve.bundles overrides"
+            for name, ov in self.mixture.items():
+                if not isinstance(ov, Mapping):
+                    return f"{where}.mixture.{name}: expected a mapping of serve.bundles overrides"
+            if not 0.0 < float(self.mixture_share) <= 1.0:
+                return f"{where}.mixture_share: expected 0 < value <= 1"
         if self.policy not in POLICIES:
             return f"{where}.policy={self.policy!r}: expected one of {', '.join(POLICIES)}"
         if not 0.0 <= float(self.epsilon) <= 1.0:
@@ -76,8 +96,20 @@ class Exploration:
         return tuple(self.levels) if self.levels is not None else ("personalised",)
 
     @property
+    def active(self) -> bool:
+        """Whether the slate is random at all (a base policy or a mixture)."""
+        return self.policy != "none" or bool(self.mixture)
+
+    @property
+    def base(self) -> "Exploration":
+        """The policy without its mixture."""
+        return replace(self, mixture=None) if self.mixture else self
+
+    @property
     def name(self) -> str:
         """The ``logging_policy`` tag of the randomisation."""
+        if self.mixture:
+            return f"mixture(share={float(self.mixture_share):g},candidates={len(self.mixture)})+{self.base.name}"
         if self.policy == "epsilon_greedy":
             return f"epsilon_greedy(eps={self.epsilon:g},pool={self.pool})"
         if self.policy == "softmax":
@@ -178,3 +210,55 @@ def explore(ex: Exploration, ordering: list[str], scores: dict[str, float | None
     idx = sample(ex, s, k, rng)[0]
     m = marginals(ex, s, k, idx)
     return [pool[i] for i in idx], [float(m[j, j]) for j in range(len(idx))]
+
+
+def _pool(ex: Exploration, ordering: list[str], k: int) -> list[str]:
+    return ordering[: min(max(int(ex.pool), k), len(ordering))] if ex.policy != "none" else ordering[:k]
+
+
+def mixture_distribution(ex: Exploration, ordering: list[str], scores: dict[str, float | None], k: int,
+                         candidates: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray]:
+    """Every item the policy can show and ``M[r, j] = P(slate[j] = items[r])`` for
+    ``j < k``: the base policy over ``ordering`` mixed with the candidates' greedy
+    slates (share ``ex.mixture_share``; no candidates: the base policy alone)."""
+    pool = _pool(ex, ordering, k)
+    items = list(pool)
+    at = {a: r for r, a in enumerate(items)}
+    for c in candidates:
+        for a in c[:k]:
+            if a not in at:
+                at[a] = len(items)
+                items.append(a)
+    out = np.zeros((len(items), k))
+    base = marginals(ex.base, [scores.get(i) for i in pool], k)
+    share = float(ex.mixture_share) if candidates else 0.0
+    out[: len(pool), : base.shape[1]] = (1.0 - share) * base
+    for c in candidates:
+        for j, a in enumerate(c[:k]):
+            out[at[a], j] += share / len(candidates)
+    return items, out
+
+
+def explore_mixture(ex: Exploration, ordering: list[str], scores: dict[str, float | None], k: int,
+                    candidates: Sequence[Sequence[str]], rng: np.random.Generator) -> tuple[list[str], list[float]]:
+    """One slate of the mixture (see the module docstring) and the exact marginal
+    propensity of each shown item at its position."""
+    if not candidates:
+        return explore(ex.base, ordering, scores, k, rng)
+    share = float(ex.mixture_share)
+    if rng.random() < share:
+        slate = list(candidates[int(rng.integers(len(candidates)))][:k])
+    else:
+        slate, _ = explore(ex.base, ordering, scores, k, rng)
+    pool = _pool(ex, ordering, k)
+    pos = {a: r for r, a in enumerate(pool)}
+    in_pool = [pos[a] for a in slate if a in pos]
+    base = marginals(ex.base, [scores.get(i) for i in pool], k, np.array(in_pool, dtype=np.int64)) \
+        if in_pool else np.zeros((0, k))
+    row = {a: base[r] for r, a in enumerate(a for a in slate if a in pos)}
+    props = []
+    for j, a in enumerate(slate):
+        b = float(row[a][j]) if a in row and j < len(row[a]) else 0.0
+        props.append((1.0 - share) * b + share * sum(1 for c in candidates if j < len(c) and c[j] == a)
+                     / len(candidates))
+    return slate, props

@@ -32,7 +32,7 @@ import numpy as np
 from recsys.service.bundles import BundleHolder, BundleSet
 from recsys.service.config import ServeConfig
 from recsys.service.experiment import Route, Router, make_decision_id
-from recsys.service.explore import explore
+from recsys.service.explore import explore, explore_mixture, mixture_distribution
 from recsys.service.query import query_vector
 from recsys.policies.exposure import exposure_order, position_discount
 from recsys.service.rules import category_cap_order, filter_items, mmr_order, ranker_features
@@ -60,6 +60,7 @@ class Request:
     k: int
     context: dict[str, Any] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
+    distribution: bool = False      # also return the exploring policy's whole distribution (OPE replicas)
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Decision:
     propensities: list[float] = field(default_factory=list)  # per position: the policy's marginal P(item there)
     arm: str = "default"
     exploration: str = "none"       # the randomisation that drew the slate (logging_policy)
+    # with Request.distribution on an explored decision: (items, M), M[r, j] = P(slate[j] = items[r])
+    distribution: tuple[list[str], np.ndarray] | None = None
 
 
 class CircuitBreaker:
@@ -384,32 +387,12 @@ class Pipeline:
             bs.static_base = filter_items(items, drop=set(), catalogue=bs.catalogue)
         return filter_items(bs.static_base, drop=drop, limit=n)
 
-    # ------------------------------------------------------------ one request
-
-    def recommend(self, req: Request) -> Decision:
-        t0 = time.perf_counter()
-        now = time.time()
-        lat: dict[str, float] = {}
-        reasons: list[str] = []
-        route = self.router.route(req.user_id, req.context)
-        bs = route.holder.current
-        chain = self.cfg.chain(req.channel)
-        if route.no_personalised:
-            chain = [lv for lv in chain if lv != "personalised"] or ["static"]
-        state_ok, allowed, recent = True, False, []
-        try:
-            consent = self._state(self.state.get_consent, req.user_id, lat=lat)
-            allowed = self.cfg.consent_default if consent is None else consent
-            if not allowed:
-                reasons.append("no_consent")
-            else:
-                recent = self._state(self.state.recent_items, req.user_id, self.cfg.recent_items, lat=lat)
-        except (StateUnavailable, StageFailed):
-            state_ok, allowed = False, False
-            reasons.append("state_unavailable")
-        drop = set(req.exclude) | set(self.cfg.blocked_items) | set(recent)
-        ex = route.explore_for(req.channel)
-        need = max(4 * req.k, 50, ex.pool if ex.policy != "none" else 0)  # what caps / exploration look at
+    def _ordering(self, bs: BundleSet, req: Request, chain: list[str], allowed: bool, state_ok: bool,
+                  recent: list[str], drop: set[str], now: float, need: int, lat: dict[str, float],
+                  reasons: list[str]) -> tuple[str, list[str], dict[str, float], bool, bool]:
+        """The first level of ``chain`` that answers, its ordering of the candidates
+        (backfilled from the static list, category caps applied) and scores; returns
+        ``(level, ranked, scores, allowed, state_ok)`` (the state may fail on the way)."""
         level, ranked, scores = "static", [], {}
         for lv in chain:
             try:
@@ -445,12 +428,66 @@ class Pipeline:
             ranked = ranked + self._static(bs, drop | set(ranked), need)
         if self.cfg.diversity.method == "category_caps" and bs.catalogue is not None:
             ranked = category_cap_order(ranked, bs.catalogue.category, self.cfg.diversity.max_per_category)
+        return level, ranked, scores, allowed, state_ok
+
+    def _mixture_slates(self, ex: Any, req: Request, chain: list[str], recent: list[str], drop: set[str],
+                        now: float, lat: dict[str, float], reasons: list[str]) -> list[list[str]]:
+        """The greedy slate each of the exploration's mixture candidates would serve this
+        request from the current state (the same levels, caps and diversity; nothing
+        recorded), as a deterministic service of that bundle set would choose it."""
+        t = time.perf_counter()
+        out = []
+        for name, holder in zip(ex.mixture, self.router.mixture_holders(ex)):
+            cbs, sub_lat, why = holder.current, {}, []
+            level, ranked, scores, _, ok = self._ordering(cbs, req, chain, True, True, recent, drop, now,
+                                                          max(4 * req.k, 50), sub_lat, why)
+            if self.cfg.exposure.weight > 0 and level == "personalised":
+                ranked = self._exposure_order(cbs, req, ranked, scores)
+            head = ranked[: max(4 * req.k, 50)]
+            if ok and self.cfg.caps.user_item is not None:
+                capped = self._state(self.state.capped, req.user_id, head, self.cfg.caps, now, lat=sub_lat)
+                head = [i for i in head if i not in capped]
+            out.append(head[: req.k])
+            if level != chain[0]:
+                reasons.append(f"mixture:{name}:{level}")
+        lat["mixture"] = (time.perf_counter() - t) * 1e3
+        return out
+
+    # ------------------------------------------------------------ one request
+
+    def recommend(self, req: Request) -> Decision:
+        t0 = time.perf_counter()
+        now = time.time()
+        lat: dict[str, float] = {}
+        reasons: list[str] = []
+        route = self.router.route(req.user_id, req.context)
+        bs = route.holder.current
+        chain = self.cfg.chain(req.channel)
+        if route.no_personalised:
+            chain = [lv for lv in chain if lv != "personalised"] or ["static"]
+        state_ok, allowed, recent = True, False, []
+        try:
+            consent = self._state(self.state.get_consent, req.user_id, lat=lat)
+            allowed = self.cfg.consent_default if consent is None else consent
+            if not allowed:
+                reasons.append("no_consent")
+            else:
+                recent = self._state(self.state.recent_items, req.user_id, self.cfg.recent_items, lat=lat)
+        except (StateUnavailable, StageFailed):
+            state_ok, allowed = False, False
+            reasons.append("state_unavailable")
+        drop = set(req.exclude) | set(self.cfg.blocked_items) | set(recent)
+        ex = route.explore_for(req.channel)
+        need = max(4 * req.k, 50, ex.pool if ex.policy != "none" else 0)  # what caps / exploration look at
+        level, ranked, scores, allowed, state_ok = self._ordering(bs, req, chain, allowed, state_ok, recent, drop,
+                                                                  now, need, lat, reasons)
         rerank_exposure = self.cfg.exposure.weight > 0 and level == "personalised"
         if rerank_exposure:
             ranked = self._exposure_order(bs, req, ranked, scores)
         decision_id = make_decision_id(route.index)
-        explored = ex.policy != "none" and level in ex.explored_levels
+        explored = ex.active and level in ex.explored_levels
         props: list[float] = []
+        dist = None
         if allowed and state_ok:
             try:
                 head = ranked[: max(4 * req.k, 50, ex.pool if explored else 0)]
@@ -458,7 +495,12 @@ class Pipeline:
                     if self.cfg.caps.user_item is not None:
                         capped = self._state(self.state.capped, req.user_id, head, self.cfg.caps, now, lat=lat)
                         head = [i for i in head if i not in capped]
-                    slate, props = explore(ex, head, scores, req.k, np.random.default_rng(int(decision_id, 16)))
+                    cands = self._mixture_slates(ex, req, chain, recent, drop, now, lat, reasons) \
+                        if ex.mixture else []
+                    slate, props = explore_mixture(ex, head, scores, req.k, cands,
+                                                   np.random.default_rng(int(decision_id, 16)))
+                    if req.distribution:
+                        dist = mixture_distribution(ex, head, scores, req.k, cands)
                     head = slate + [i for i in head if i not in set(slate)]
                 chosen = self._state(self.state.reserve, req.user_id, req.channel, head,
                                      req.k, self.cfg.caps, now, decision_id, lat=lat)
@@ -473,8 +515,10 @@ class Pipeline:
                                else f"caps:unexpected:{type(e).__name__}")
                 level, state_ok, explored = "static", False, False
                 chosen = self._static(bs, drop, req.k)
-        elif explored:
-            chosen, props = explore(ex, ranked, scores, req.k, np.random.default_rng(int(decision_id, 16)))
+        elif explored:  # no readable, consented state: the base policy (a mixture's candidates need the state)
+            chosen, props = explore(ex.base, ranked, scores, req.k, np.random.default_rng(int(decision_id, 16)))
+            if req.distribution:
+                dist = mixture_distribution(ex.base, ranked, scores, req.k, [])
         else:
             chosen = ranked[: req.k]
         props = props[: len(chosen)] if explored else [1.0] * len(chosen)
@@ -488,4 +532,4 @@ class Pipeline:
         self.router.record_decision(route, lat["total"], level != chain[0], error)
         return Decision(decision_id, chosen, [scores.get(i) for i in chosen], level, dict(bs.versions),
                         {k: round(v, 3) for k, v in lat.items()}, allowed, reasons, now, props, route.arm,
-                        ex.name if explored else "none")
+                        ex.name if explored else "none", dist if explored else None)
