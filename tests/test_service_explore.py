@@ -81,7 +81,8 @@ def test_logged_propensities_match_frequencies_over_100k_decisions(ex):
     assert len(set(slate)) == len(slate) == k
 
 
-@pytest.mark.parametrize("base", [Exploration(policy="epsilon_greedy", epsilon=0.3, pool=10), Exploration()],
+@pytest.mark.parametrize("base", [Exploration(policy="epsilon_greedy", epsilon=0.3, pool=10),
+                                  pytest.param(Exploration(), marks=pytest.mark.slow)],
                          ids=["epsilon_greedy", "greedy"])
 def test_mixture_propensities_match_frequencies_over_100k_decisions(base):
     """A mixture toward three candidate slates (overlapping the pool, outside it, one
@@ -155,7 +156,7 @@ def test_pipeline_mixture_serves_each_candidates_greedy_slate_with_exact_propens
     """A champion (index + ranker) exploring toward two candidates (ANN order without
     the ranker; no index: its fallback chain answers): each logged propensity is the
     request's exact mixture distribution; each candidate's slate is the one a
-    deterministic service of that bundle set serves from the same state; over 3000
+    deterministic service of that bundle set serves from the same state; over 1500
     decisions the frequencies follow the distribution."""
     from recsys.service.bundles import BundleHolder
     from recsys.service.pipeline import Pipeline
@@ -168,7 +169,7 @@ def test_pipeline_mixture_serves_each_candidates_greedy_slate_with_exact_propens
     pipe = app.state.pipeline
     solo = {n: serve_config({**base, "bundles": {**base["bundles"], **ov}}) for n, ov in mixture.items()}
     solo_pipes = {n: Pipeline(c, BundleHolder(c.bundles), pipe.state) for n, c in solo.items()}
-    n, k = 3000, 4
+    n, k = 1500, 4
     counts, mass = {}, {}
     for t in range(n):
         want = {name: p.recommend(Request("5", "web", k)).items for name, p in solo_pipes.items()}
@@ -188,7 +189,7 @@ def test_pipeline_mixture_serves_each_candidates_greedy_slate_with_exact_propens
         p.close()
     assert want["ann"] != want["no_index"]
     diff = max(float(np.abs(counts.get(a, 0) / n - mass[a] / n).max()) for a in mass)
-    assert diff < 0.04  # ~4 sd at n = 3000
+    assert diff < 0.055  # ~4 sd at n = 1500
 
 
 def test_explored_decisions_round_trip_through_the_log_and_logs_join(paths, tmp_path):

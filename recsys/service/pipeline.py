@@ -36,21 +36,8 @@ from recsys.service.explore import explore, explore_mixture, mixture_distributio
 from recsys.service.query import query_vector
 from recsys.policies.exposure import exposure_order, position_discount
 from recsys.service.rules import category_cap_order, filter_items, mmr_order, ranker_features
+from recsys.service.stages import CircuitBreaker, Progress, StageFailed, is_error
 from recsys.service.state import State, StateUnavailable
-
-
-def _is_error(reason: str) -> bool:
-    """A reason that is a failure (the error-rate guardrail), not a normal fallback."""
-    return (":error" in reason or reason.endswith((":timeout", ":circuit_open")) or ":unexpected:" in reason
-            or "state_unavailable" in reason)
-
-
-class StageFailed(Exception):
-    """A stage did not deliver: error, timeout, open circuit or low confidence."""
-
-    def __init__(self, stage: str, reason: str):
-        super().__init__(f"{stage}: {reason}")
-        self.stage, self.reason = stage, reason
 
 
 @dataclass
@@ -79,58 +66,6 @@ class Decision:
     exploration: str = "none"       # the randomisation that drew the slate (logging_policy)
     # with Request.distribution on an explored decision: (items, M), M[r, j] = P(slate[j] = items[r])
     distribution: tuple[list[str], np.ndarray] | None = None
-
-
-class CircuitBreaker:
-    """Per stage: ``failures`` consecutive failures open the circuit for ``cooldown_s``
-    (the stage is skipped); the first call after the cooldown tries again."""
-
-    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic):
-        self.failures, self.cooldown_s, self.clock = failures, cooldown_s, clock
-        self._count: dict[str, int] = {}
-        self._open_until: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, stage: str) -> bool:
-        return self.clock() >= self._open_until.get(stage, 0.0)
-
-    def success(self, stage: str) -> None:
-        with self._lock:
-            self._count[stage] = 0
-
-    def failure(self, stage: str) -> None:
-        with self._lock:
-            n = self._count.get(stage, 0) + 1
-            self._count[stage] = n
-            if n >= self.failures:
-                self._open_until[stage], self._count[stage] = self.clock() + self.cooldown_s, 0
-
-    def is_open(self, stage: str) -> bool:
-        return not self.allow(stage)
-
-
-class _Progress:
-    """What the thread computing a level is doing: the stage and its deadline (on the
-    ``time.perf_counter`` clock), read by the waiting request thread; ``abandoned``
-    tells the worker its result is no longer wanted. The request thread sleeps until
-    ``waiting_until`` (the deadline it last read); a stage whose deadline comes
-    earlier wakes it (``changed``), so a short budget after a long one is enforced on
-    time, while the usual case (each deadline later than the one waited on) costs no
-    wake-up at all."""
-
-    __slots__ = ("stage", "started", "deadline", "abandoned", "lat", "waiting_until", "changed")
-
-    def __init__(self, started: float, deadline: float):
-        self.stage, self.started, self.deadline, self.abandoned = "queue", started, deadline, False
-        self.lat: dict[str, float] = {}
-        self.waiting_until = deadline
-        self.changed = threading.Event()
-
-    def enter(self, stage: str, budget_ms: float, now: float | None = None) -> None:
-        t = time.perf_counter() if now is None else now
-        self.stage, self.started, self.deadline = stage, t, t + budget_ms / 1e3
-        if self.deadline < self.waiting_until:
-            self.changed.set()
 
 
 class Pipeline:
@@ -192,7 +127,7 @@ class Pipeline:
         self.breaker.success(stage)
         return out
 
-    def _inline(self, stage: str, budget_ms: float, fn: Callable, *args: Any, prog: _Progress) -> Any:
+    def _inline(self, stage: str, budget_ms: float, fn: Callable, *args: Any, prog: Progress) -> Any:
         """``fn(*args)`` on the level's thread; the request thread cuts it off at
         ``budget_ms`` (see :meth:`_level`). Failures count as in :meth:`_stage`."""
         if prog.abandoned:
@@ -224,7 +159,7 @@ class Pipeline:
         in progress passes its deadline the request goes on without the result
         (:class:`StageFailed` ``timeout``; the thread's later result is dropped)."""
         t0 = time.perf_counter()
-        prog = _Progress(t0, t0 + self.cfg.budgets.queue_ms / 1e3)
+        prog = Progress(t0, t0 + self.cfg.budgets.queue_ms / 1e3)
         fut = self.level_pool.submit(fn, *args, prog)
         fut.add_done_callback(lambda _: prog.changed.set())
         try:
@@ -300,7 +235,7 @@ class Pipeline:
             ("query", "index", "ranker")
 
     def _personalised(self, bs: BundleSet, req: Request, recent: list[str], drop: set[str], t: float,
-                      prog: _Progress) -> tuple[list[str], dict[str, float]]:
+                      prog: Progress) -> tuple[list[str], dict[str, float]]:
         """The personalised level, on a level thread (:meth:`_level`)."""
         if bs.index is None:
             raise StageFailed("index", "missing_bundle")
@@ -528,7 +463,7 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.fallback.labels(req.channel, level).inc()
             self.metrics.arm_decisions.labels(route.arm).inc()
-        error = any(_is_error(r) for r in reasons)
+        error = any(is_error(r) for r in reasons)
         self.router.record_decision(route, lat["total"], level != chain[0], error)
         return Decision(decision_id, chosen, [scores.get(i) for i in chosen], level, dict(bs.versions),
                         {k: round(v, 3) for k, v in lat.items()}, allowed, reasons, now, props, route.arm,
