@@ -31,7 +31,7 @@ def test_loop_end_to_end_three_variants(paths, tmp_path):
                 "budgets": {"state_ms": 1000, "queue_ms": 1000, "query_ms": 1000, "retrieve_ms": 1000,
                             "rank_ms": 2000}}
     challengers = {"ann_only": {"ranker": None}, "static": {"index": None, "ranker": None}}
-    plan = LoopPlan(n_explore=600, n_canary=360, n_bootstrap=10, min_ess=50)
+    plan = LoopPlan(n_explore=600, n_canary=900, n_bootstrap=10, min_ess=50)
     out = run_loop(world, champion, challengers, tmp_path, plan,
                    offline_ndcg={"champion": 0.3, "ann_only": 0.2, "static": 0.1})
     rows = out["variants"]
@@ -42,7 +42,9 @@ def test_loop_end_to_end_three_variants(paths, tmp_path):
     assert rows["static"]["levels"] == {"static": rows["static"]["online_requests"]}
     assert rows["champion"]["levels"] == {"personalised": rows["champion"]["online_requests"]}
     for key in ("kendall_tau", "spearman"):
-        assert -1 <= out[key] <= 1 and -1 <= out["offline_ndcg"][key] <= 1
+        assert -1 <= out[key] <= 1 and -1 <= out["offline_ndcg"][key] <= 1 and -1 <= out["online_cuped"][key] <= 1
+    for r in rows.values():  # CUPED keeps the arm's mean (pre-period clicks are independent of the arm)
+        assert abs(r["online_cuped"] - r["online"]) < 0.25 * r["online"]
     # the exploring champion's OPE on its own log = its measured online value
     self_ = out["champion_explore"]
     assert self_["ess"] > 250 and self_["rel_error"] < 0.15
@@ -51,7 +53,7 @@ def test_loop_end_to_end_three_variants(paths, tmp_path):
     # the champion alone), and its OPE is close to its canary arm
     assert out["plan"]["mixture_share"] == 0.5
     for name, r in rows.items():
-        assert r["ess"] > 80 and r["rel_error"] < 0.3, (name, r["ess"], r["rel_error"])
+        assert r["ess"] > 80 and r["rel_error"] < 0.4, (name, r["ess"], r["rel_error"])
     assert np.mean([r["rel_error"] for r in rows.values()]) < 0.2
     assert set(out["goals"]["within_10%_where_ess_ge_50"]) == {n for n, r in rows.items() if r["ess"] >= 50}
     ab = out["ab"]

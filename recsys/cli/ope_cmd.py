@@ -141,11 +141,12 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
                     mixture_share=float(sv["mixture_share"]))
     out = run_loop(world, study["champion"], study["challengers"], out_dir / "loop", plan,
                    study.get("offline_ndcg"))
-    print(ope_report.format_table(out["variants"], ["offline_ndcg", "ope", "online", "rel_error", "ess"],
-                                  label="variant"))
+    cols = ["offline_ndcg", "ope", "online", "online_cuped", "rel_error", "ess"]
+    print(ope_report.format_table(out["variants"], cols, label="variant"))
     print(f"OPE ({plan.estimator}) vs online: kendall tau {out['kendall_tau']}, spearman {out['spearman']}; "
           f"offline NDCG vs online: kendall tau {out['offline_ndcg']['kendall_tau']}, "
-          f"spearman {out['offline_ndcg']['spearman']}")
+          f"spearman {out['offline_ndcg']['spearman']}; OPE vs CUPED-adjusted online: kendall tau "
+          f"{out['online_cuped']['kendall_tau']}")
     ce = out["champion_explore"]
     print(f"exploring champion: OPE {ce['ope']:.4f} vs online {ce['online']:.4f} (ESS {ce['ess']:.0f})")
     for arm, v in out["ab"]["verdicts"].items():
