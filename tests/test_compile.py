@@ -16,6 +16,7 @@ TINY = ["experiment=sasrec_synthetic", "data.n_users=200", "data.n_items=60", "d
         "trainer.max_epochs=1"]
 
 
+@pytest.mark.slow  # ~45 s of torch.compile on 2 cores
 @pytest.mark.timeout(300)
 def test_compiled_training_matches_eager(tmp_path):
     metrics = {}
