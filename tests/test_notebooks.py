@@ -68,9 +68,7 @@ def test_every_notebook_is_checked_and_stored_without_outputs():
         assert nb.metadata.kernelspec.name == "python3"
 
 
-# ope_ab refits its reward models 200 times (~2 min on a shared 2-core machine): slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "ope_ab" else n
-                                  for n in sorted(CHECKS)])
+@pytest.mark.parametrize("name", sorted(CHECKS))
 def test_notebook_runs(name, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
