@@ -65,6 +65,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow  # covered in the default run by tests/test_sweeps.py's DDP test (trains, then the same equality)
 def test_ddp_cpu_evaluation_equals_single_process(tmp_path):
     common = ["experiment=sasrec_synthetic", *TINY, "trainer.max_epochs=0", f"paths.cache_dir={tmp_path / 'cache'}"]
     one, two = tmp_path / "one", tmp_path / "two"

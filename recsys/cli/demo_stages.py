@@ -162,8 +162,8 @@ def loop_stage(out: Path, data: Any, stage: str, n_explore: int, n_canary: int, 
     plan = LoopPlan(n_explore=n_explore, n_canary=n_canary, n_bootstrap=n_bootstrap)
     print(f"{stage} online loop: the champion (the service above) explores for {n_explore} requests of world users "
           f"over loopback ({plan.exploration['policy']} T={plan.exploration['temperature']} over its top "
-          f"{plan.exploration['pool']}, mixed with the challenger's greedy slate {plan.mixture_share:.0%} of the "
-          f"time), clicks from the world's true click model")
+          f"{plan.exploration['pool']}; {plan.mixture_share:.0%} of the slates are the champion's or the challenger's "
+          f"greedy slate, drawn at random), clicks from the world's true click model")
     res = run_loop(world, _serve_block(out / "export"), {"ann_only": {"ranker": None}}, out / "online_loop", plan)
     j = res["logs_join"]
     print(f"      logs join: {j.get('requests', '?')} requests, {j.get('rows', '?')} rows -> "
