@@ -246,11 +246,13 @@ def explore_mixture(ex: Exploration, ordering: list[str], scores: dict[str, floa
     if not candidates:
         return explore(ex.base, ordering, scores, k, rng)
     share = float(ex.mixture_share)
+    pool = _pool(ex, ordering, k)
     if rng.random() < share:
         slate = list(candidates[int(rng.integers(len(candidates)))][:k])
-    else:
-        slate, _ = explore(ex.base, ordering, scores, k, rng)
-    pool = _pool(ex, ordering, k)
+    elif ex.policy == "none":
+        slate = pool[:k]
+    else:  # the base draw; its marginals are computed once, below, with the candidates' items
+        slate = [pool[i] for i in sample(ex.base, [scores.get(i) for i in pool], k, rng)[0]]
     pos = {a: r for r, a in enumerate(pool)}
     in_pool = [pos[a] for a in slate if a in pos]
     base = marginals(ex.base, [scores.get(i) for i in pool], k, np.array(in_pool, dtype=np.int64)) \
