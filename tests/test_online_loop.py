@@ -31,7 +31,7 @@ def test_loop_end_to_end_three_variants(paths, tmp_path):
                 "budgets": {"state_ms": 1000, "queue_ms": 1000, "query_ms": 1000, "retrieve_ms": 1000,
                             "rank_ms": 2000}}
     challengers = {"ann_only": {"ranker": None}, "static": {"index": None, "ranker": None}}
-    plan = LoopPlan(n_explore=600, n_canary=900, n_bootstrap=10, min_ess=50)
+    plan = LoopPlan(n_explore=600, n_canary=450, n_bootstrap=10, min_ess=50, canary_repeats=2)
     out = run_loop(world, champion, challengers, tmp_path, plan,
                    offline_ndcg={"champion": 0.3, "ann_only": 0.2, "static": 0.1})
     rows = out["variants"]
@@ -39,6 +39,20 @@ def test_loop_end_to_end_three_variants(paths, tmp_path):
     for r in rows.values():
         assert {"offline_ndcg", "ope", "online", "ess", "DR", "SNIPS"} <= set(r)
         assert r["online_requests"] > 100 and 0 < r["online"] < 5
+    # two canaries, each its own user split: online pools them (request-weighted), each reported beside
+    c1, c2 = out["canary"]
+    assert c1["salt"] != c2["salt"] and c1["requests"] == c2["requests"] == 450
+    users = lambda c: {n: a["users"] for n, a in c["arms"].items()}  # noqa: E731
+    assert users(c1) != users(c2)
+    for n, r in rows.items():
+        per = [c["arms"][n] for c in (c1, c2)]
+        assert r["online_per_canary"] == [a["true_value"]["mean"] for a in per]
+        assert r["online_requests"] == sum(a["requests"] for a in per)
+        assert r["online"] == pytest.approx(sum(a["requests"] * a["true_value"]["mean"] for a in per)
+                                            / r["online_requests"])
+        assert r["online_ci"][0] < r["online"] < r["online_ci"][1]
+    assert out["canary_repeats"]["n"] == 2 and len(out["canary_repeats"]["kendall_tau_between"]) == 1
+    assert -1 <= out["single_canary"]["kendall_tau"] <= 1
     assert rows["static"]["levels"] == {"static": rows["static"]["online_requests"]}
     assert rows["champion"]["levels"] == {"personalised": rows["champion"]["online_requests"]}
     for key in ("kendall_tau", "spearman"):
@@ -72,4 +86,6 @@ def test_loop_refuses_a_challenger_named_champion(paths, tmp_path):
         run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(estimator="IPS"))
     with pytest.raises(RecsysError, match="mixture_share=1.5: expected 0 <= value <= 1"):
         run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(mixture_share=1.5))
+    with pytest.raises(RecsysError, match="canary_repeats=0: expected >= 1"):
+        run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(canary_repeats=0))
     assert not np.any([p.name.startswith("explore") for p in tmp_path.iterdir()])

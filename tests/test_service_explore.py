@@ -162,7 +162,10 @@ def test_pipeline_mixture_serves_each_candidates_greedy_slate_with_exact_propens
     from recsys.service.pipeline import Pipeline
 
     mixture = {"ann": {"ranker": None}, "no_index": {"index": None, "ranker": None}}
-    base = config(paths, tmp_path, decision_log={"directory": None}, caps={"user_item": None})
+    # generous budgets: on a loaded machine a slow stage must not turn a decision into a fallback (that is
+    # tested elsewhere); this test is about the distribution
+    slow_ok = {"state_ms": 10000, "queue_ms": 10000, "query_ms": 10000, "retrieve_ms": 10000, "rank_ms": 10000}
+    base = config(paths, tmp_path, decision_log={"directory": None}, caps={"user_item": None}, budgets=slow_ok)
     cfg = serve_config({**base, "exploration": {"default": {"policy": "softmax", "temperature": 0.1, "pool": 10,
                                                             "mixture": mixture, "mixture_share": 0.5}}})
     app = create_app(cfg)

@@ -14,9 +14,14 @@
    value measured while it explored;
 4. **canary**: one service with an experiment whose arms are the champion (control)
    and every challenger, no exploration; the same simulated traffic measures each
-   arm's true online value (expected clicks per slate under the true click model);
+   arm's true online value (expected clicks per slate under the true click model).
+   ``canary_repeats > 1`` runs the canary again with a fresh salt (a fresh split of the
+   users into arms) and fresh traffic, and pools the repeats: with a few hundred users
+   per arm, which users an arm gets moves its mean by more than the gaps between
+   variants (docs/online_loop.md); the first canary alone is reported beside;
 5. **ab analyze**: :func:`recsys.experiments.analysis.analyze` on the per-user
-   exposures of the canary (SRM, CUPED with the users' pre-period clicks, sequential);
+   exposures of each canary (SRM, CUPED with the users' pre-period clicks, sequential);
+   the verdicts are the first canary's;
 6. **align**: per variant ``offline_ndcg`` (given by the caller, e.g. the run's
    ``test/ndcg@10``), ``ope``, ``online``, ``online_cuped`` (the arm's per-user mean
    adjusted by pre-period clicks), ``ess``; Kendall tau and Spearman of OPE vs online
@@ -27,6 +32,7 @@ Nothing here is specific to one model: a variant is a ``serve.bundles`` override
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -68,6 +74,8 @@ class LoopPlan:
             ``exploration`` draw; 0: the champion's exploration alone. Every variant's
             slate then has propensity at least ``mixture_share / n_variants`` at every
             position.
+        canary_repeats: canaries run one after the other, each with its own salt (user
+            split) and traffic seed, ``n_canary`` requests each; ``online`` pools them.
     """
 
     n_explore: int = 6000
@@ -83,6 +91,7 @@ class LoopPlan:
     post_events: bool = False
     contexts: str = "request"
     mixture_share: float = 0.5
+    canary_repeats: int = 1
 
 
 def _rank_agreement(a: list[float], b: list[float]) -> tuple[float | None, float | None]:
@@ -156,6 +165,8 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
         raise RecsysError(f"loop.contexts={plan.contexts!r}: expected user or request")
     if not 0.0 <= plan.mixture_share <= 1.0:
         raise RecsysError(f"loop.mixture_share={plan.mixture_share!r}: expected 0 <= value <= 1")
+    if plan.canary_repeats < 1:
+        raise RecsysError(f"loop.canary_repeats={plan.canary_repeats!r}: expected >= 1")
     if plan.estimator not in ("DR", "SNIPS"):
         raise RecsysError(f"loop.estimator={plan.estimator!r}: expected DR or SNIPS")
     if "champion" in challengers or not challengers:
@@ -189,29 +200,20 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
     ope_self = _ope_one(s, cf, explore_serve, "served", plan)
     timings["ope_s"] = time.perf_counter() - t
 
-    # 4. canary: every challenger an arm beside the champion, no exploration
+    # 4. canary: every challenger an arm beside the champion, no exploration (5. ab analyze on each)
     t = time.perf_counter()
     arms = {"champion": {"weight": 1}, **{n: {"weight": 1, "bundles": dict(b)} for n, b in challengers.items()}}
-    salt = f"online-loop-{plan.seed}"
-    n_canary_requests = plan.n_canary
-    canary_serve = {**_serve_block(champion, None), "experiment": {
-        "name": "online_loop", "salt": salt, "traffic": 1.0, "arms": arms,
-        # guardrails judge only after this many requests per arm: the loop measures every arm for the whole phase
-        # (a rollback would move the arm's users to the champion mid-measurement); ab analyze gives the verdict
-        "guardrails": {"min_requests": n_canary_requests + 1}}}
-    canary = simulate_service(canary_serve, world, n_canary_requests, out_dir / "canary", seed=plan.seed + 1,
-                              **sim_kw)
+    canaries = [_canary(world, champion, arms, plan, r, out_dir, sim_kw) for r in range(plan.canary_repeats)]
     timings["canary_s"] = time.perf_counter() - t
-
-    # 5. ab analyze on the arms
-    ab = _ab(canary["exposures"], list(arms), salt, out_dir)
+    ab = canaries[0]["ab"]
 
     # 6. align
     rows: dict[str, dict[str, Any]] = {}
     for n in variants:
-        a = canary["arms"].get(n)
-        if a is None:
-            raise RecsysError(f"arm {n!r} got no traffic in the canary phase; raise n_canary")
+        per = [c["arms"].get(n) for c in canaries]
+        if any(a is None for a in per):
+            raise RecsysError(f"arm {n!r} got no traffic in a canary phase; raise n_canary")
+        a = _pooled(per)
         e = ope[n]["estimates"]
         online = a["true_value"]["mean"]
         rows[n] = {"offline_ndcg": offline.get(n), "ope": e[plan.estimator]["estimate"],
@@ -220,11 +222,17 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
                    "DM": e["DM"]["estimate"], "ess": ope[n]["ess"], "unsupported_mass": ope[n]["unsupported_mass"],
                    "online": online, "online_ci": [a["true_value"]["ci_low"], a["true_value"]["ci_high"]],
                    "online_clicks_per_slate": a["clicks_per_slate"]["mean"], "online_requests": a["requests"],
-                   "levels": a["levels"], "online_cuped": ab["online_cuped"].get(n)}
+                   "levels": a["levels"],
+                   "online_cuped": float(np.mean([c["ab"]["online_cuped"][n] for c in canaries])),
+                   "online_per_canary": [c["arms"][n]["true_value"]["mean"] for c in canaries]}
         rows[n]["rel_error"] = abs(rows[n]["ope"] - online) / online if online > 0 else None
     names = list(rows)
     tau, rho = _rank_agreement([rows[n]["ope"] for n in names], [rows[n]["online"] for n in names])
     tau_cuped, rho_cuped = _rank_agreement([rows[n]["ope"] for n in names], [rows[n]["online_cuped"] for n in names])
+    first = _rank_agreement([rows[n]["ope"] for n in names], [rows[n]["online_per_canary"][0] for n in names])
+    between = [_rank_agreement([rows[n]["online_per_canary"][i] for n in names],
+                               [rows[n]["online_per_canary"][j] for n in names])[0]
+               for i in range(len(canaries)) for j in range(i + 1, len(canaries))]
     with_ndcg = [n for n in names if rows[n]["offline_ndcg"] is not None]
     tau_off, rho_off = _rank_agreement([rows[n]["offline_ndcg"] for n in with_ndcg],
                                        [rows[n]["online"] for n in with_ndcg])
@@ -235,6 +243,10 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
         "variants": rows, "kendall_tau": tau, "spearman": rho,
         # the same against each arm's CUPED-adjusted online value (a less noisy measure of the same quantity)
         "online_cuped": {"kendall_tau": tau_cuped, "spearman": rho_cuped},
+        # OPE against the first canary alone (what one canary of n_canary requests measures), and how well the
+        # canaries agree with each other (Kendall tau of every pair of repeats: the online side's own noise)
+        "single_canary": {"kendall_tau": first[0], "spearman": first[1]},
+        "canary_repeats": {"n": len(canaries), "kendall_tau_between": between},
         "offline_ndcg": {"kendall_tau": tau_off, "spearman": rho_off, "variants": with_ndcg},
         "estimator": plan.estimator,
         "goals": {"kendall_tau_ge_0.8": tau is not None and tau >= 0.8,
@@ -248,7 +260,7 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
                                            explore["arms"]["default"]["true_value"]["ci_high"]]},
         "explore": {k: explore[k] for k in ("requests", "arms", "requests_per_s")},
         "logs_join": joined,
-        "canary": {k: canary[k] for k in ("requests", "arms", "requests_per_s")},
+        "canary": [{k: c[k] for k in ("salt", "requests", "arms", "requests_per_s")} for c in canaries],
         "ab": ab, "plan": plan.__dict__, "timings": {**timings, "total_s": time.perf_counter() - t0}}
     try:
         from recsys.evaluation.ope_report import plot_alignment
@@ -261,6 +273,39 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
     except ImportError:  # matplotlib missing: the table is still complete
         out["plot"] = None
     return out
+
+
+def _canary(world: Any, champion: Mapping[str, Any], arms: Mapping[str, Any], plan: LoopPlan, r: int,
+            out_dir: Path, sim_kw: Mapping[str, Any]) -> dict[str, Any]:
+    """Canary ``r``: its own salt (user split) and traffic seed; its arms and ``ab analyze``."""
+    from recsys.bench.simulate import simulate_service
+
+    salt = f"online-loop-{plan.seed}" + (f"-r{r}" if r else "")
+    serve = {**_serve_block(champion, None), "experiment": {
+        "name": "online_loop", "salt": salt, "traffic": 1.0, "arms": dict(arms),
+        # guardrails judge only after this many requests per arm: the loop measures every arm for the whole phase
+        # (a rollback would move the arm's users to the champion mid-measurement); ab analyze gives the verdict
+        "guardrails": {"min_requests": plan.n_canary + 1}}}
+    sub = out_dir / ("canary" if r == 0 else f"canary_r{r}")
+    c = simulate_service(serve, world, plan.n_canary, sub, seed=plan.seed + 1 + 7919 * r, **sim_kw)
+    return {**c, "salt": salt, "ab": _ab(c["exposures"], list(arms), salt, sub)}
+
+
+def _pooled(per: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One arm over several canaries: request-weighted mean true value and clicks per
+    slate, a normal interval from the canaries' intervals, requests and the requests
+    served at each level summed."""
+    n = np.asarray([a["requests"] for a in per], dtype=np.float64)
+    w = n / n.sum()
+
+    def pool(key: str) -> dict[str, float]:
+        m = np.asarray([a[key]["mean"] for a in per])
+        half = np.asarray([(a[key]["ci_high"] - a[key]["ci_low"]) / 2 for a in per])
+        mean, h = float(w @ m), float(np.sqrt(np.sum((w * half) ** 2)))
+        return {"mean": mean, "ci_low": mean - h, "ci_high": mean + h}
+
+    return {"true_value": pool("true_value"), "clicks_per_slate": pool("clicks_per_slate"),
+            "requests": int(n.sum()), "levels": dict(sum((Counter(a["levels"]) for a in per), Counter()))}
 
 
 def _ab(exposures: str, arms: list[str], salt: str, out_dir: Path) -> dict[str, Any]:

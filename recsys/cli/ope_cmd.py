@@ -138,7 +138,7 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
                     estimator=str(sv["estimator"]), min_ess=float(sv["min_ess"]), tolerance=float(sv["tolerance"]),
                     seed=int(cfg.seed), n_bootstrap=int(sv["n_bootstrap"]), channel=str(sv["channel"]),
                     post_events=bool(sv["post_events"]), contexts=str(sv["contexts"]),
-                    mixture_share=float(sv["mixture_share"]))
+                    mixture_share=float(sv["mixture_share"]), canary_repeats=int(sv["canary_repeats"]))
     out = run_loop(world, study["champion"], study["challengers"], out_dir / "loop", plan,
                    study.get("offline_ndcg"))
     cols = ["offline_ndcg", "ope", "online", "online_cuped", "rel_error", "ess"]
@@ -147,6 +147,11 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
           f"offline NDCG vs online: kendall tau {out['offline_ndcg']['kendall_tau']}, "
           f"spearman {out['offline_ndcg']['spearman']}; OPE vs CUPED-adjusted online: kendall tau "
           f"{out['online_cuped']['kendall_tau']}")
+    reps = out["canary_repeats"]
+    if reps["n"] > 1:
+        print(f"online pools {reps['n']} canaries (fresh user splits); OPE vs the first canary alone: kendall tau "
+              f"{out['single_canary']['kendall_tau']}; canary vs canary: kendall tau "
+              + ", ".join(f"{x:.3f}" for x in reps["kendall_tau_between"]))
     ce = out["champion_explore"]
     print(f"exploring champion: OPE {ce['ope']:.4f} vs online {ce['online']:.4f} (ESS {ce['ess']:.0f})")
     for arm, v in out["ab"]["verdicts"].items():
