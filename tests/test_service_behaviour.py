@@ -181,3 +181,48 @@ def test_event_store_warms_recent_items_and_popularity(world, paths, tmp_path):
             weights[str(i)] = weights.get(str(i), 0.0) + {"view": 1.0, "click": 2.0, "add_to_cart": 3.0,
                                                           "purchase": 5.0}[e]
         assert out["items"][0] == max(weights, key=weights.get)
+
+
+def test_ope_replica_reads_the_features_as_of_each_logged_request(world, paths, tmp_path, monkeypatch):
+    """Behavioural features depend on the time of the request (time of day, recency):
+    the OPE replica of a served log (``bundle_policy``) answers each request as of the
+    logged request's timestamp, so three hours later it still serves every logged
+    slate, although the same pipeline at the shifted clock serves different ones."""
+    from recsys.bench.simulate import simulate_traffic
+    from recsys.data.bandit_logs import LogOptions
+    from recsys.ope.served_policies import bundle_policy
+    from recsys.ope.setup import build_log_setup, read_log_only
+    from recsys.service.join import join_logs
+    from recsys.service.pipeline import Request
+    from tests.service_helpers import serving
+
+    serve = {"bundles": {k: str(v) for k, v in paths.items()},
+             "budgets": {"state_ms": 5000, "queue_ms": 5000, "query_ms": 5000, "retrieve_ms": 5000, "rank_ms": 5000},
+             "decision_log": {"directory": str(tmp_path / "log"), "flush_interval_s": 0.2},
+             "diversity": {"method": "none"}, "caps": {"user_item": None}}
+    app = create_app(serve_config(serve))
+    with serving(app) as url:
+        simulate_traffic(url, world, 40, seed=2)
+    time.sleep(0.1)
+    join_logs(tmp_path / "log", tmp_path / "ope_log.parquet")
+    s = build_log_setup(read_log_only(tmp_path / "ope_log.parquet", LogOptions(), paths["catalogue"]),
+                        str(paths["catalogue"]))
+    log = s.log
+    assert np.isfinite(log.timestamps).all()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3 * 3600.0)
+    rows = np.arange(len(log.users))
+    got = bundle_policy(s, 0, serve=serve, mode="topk", state="log").request_probs(rows).argmax(axis=2)
+    np.testing.assert_array_equal(got, log.actions)
+    # the clock matters: two fresh pipelines answering the same requests in the same order, one as of the logged
+    # times, one at the shifted clock, serve different slates
+    uids = [str(log.user_ids[u]) for u in log.users.tolist()]
+    answers = []
+    for as_of in (log.timestamps.tolist(), [None] * len(uids)):
+        app2 = create_app(serve_config({**serve, "decision_log": {"directory": None}}))
+        try:
+            answers.append([app2.state.pipeline.recommend(Request(u, "web", s.slate_size, now=t)).items
+                            for u, t in zip(uids, as_of)])
+        finally:
+            app2.state.pipeline.close()
+    assert answers[0] != answers[1]

@@ -39,6 +39,7 @@ Both return objects with ``probs(users) -> (b, K, M)`` over the setup's action s
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -264,7 +265,9 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
     try:
         for r, u in enumerate(log.users.tolist()):  # every logged request, in the log's order
             uid = str(log.user_ids[u])
-            d = pipe.recommend(Request(uid, channel, k, distribution=True))
+            # as of the logged request's time: time-of-day and recency features see what the service saw
+            now = float(log.timestamps[r]) if np.isfinite(log.timestamps[r]) else time.time()
+            d = pipe.recommend(Request(uid, channel, k, distribution=True, now=now))
             levels[d.level] = levels.get(d.level, 0) + 1
             items, marg = d.distribution if d.distribution is not None else (d.items, np.eye(len(d.items), k))
             cols = _action_columns(s, np.array(items, dtype=object))
@@ -278,7 +281,7 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
             requests.append((cols, marg))
             n_req[u] = n_req.get(u, 0) + 1
             if state == "log":
-                _replay_request(store, holder, cfg, log, r, uid, channel, log_clicks)
+                _replay_request(store, holder, cfg, log, r, uid, channel, log_clicks, now)
     finally:
         pipe.close()
     rows = {}
@@ -291,17 +294,15 @@ def bundle_policy(s: Setup, seed: int, serve: Any = None, mode: str = "topk", te
 
 
 def _replay_request(store: Any, holder: Any, cfg: Any, log: Any, r: int, uid: str, channel: str,
-                    clicks: bool) -> None:
+                    clicks: bool, now: float) -> None:
     """Request ``r`` of the log as the logged service recorded it: its slate shown
     (``reserve``, as the pipeline records a served slate), its clicks as click events
-    (:func:`recsys.service.app.apply_event`, as ``POST /v1/events`` applies them)."""
-    import time
-
+    (:func:`recsys.service.app.apply_event`, as ``POST /v1/events`` applies them), at
+    the request's time ``now``."""
     from recsys.service.app import apply_event
 
     acts = log.actions[r]
     shown = [str(log.item_ids[a]) for a in acts.tolist() if a > 0]
-    now = time.time()
     if shown:
         store.reserve(uid, channel, shown, len(shown), cfg.caps, now, f"replay-{r}")
     if not clicks:

@@ -48,6 +48,7 @@ class Request:
     context: dict[str, Any] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
     distribution: bool = False      # also return the exploring policy's whole distribution (OPE replicas)
+    now: float | None = None        # as-of time (OPE replicas: the logged request's); None: the clock
 
 
 @dataclass
@@ -392,7 +393,7 @@ class Pipeline:
 
     def recommend(self, req: Request) -> Decision:
         t0 = time.perf_counter()
-        now = time.time()
+        now = time.time() if req.now is None else float(req.now)
         lat: dict[str, float] = {}
         reasons: list[str] = []
         route = self.router.route(req.user_id, req.context)
