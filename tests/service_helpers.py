@@ -89,3 +89,22 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         t.join(timeout=10)
+
+
+def served_log_setup(serve: dict[str, Any], world: Any, n_requests: int, seed: int, tmp: Path,
+                     catalogue: Path, **traffic: Any) -> tuple[Any, dict[str, Any]]:
+    """``serve`` (its decision log under ``tmp / "log"``) served over loopback to
+    ``n_requests`` simulated world users, the logs joined to ``tmp / "ope_log.parquet"``:
+    the OPE setup over ``catalogue`` and the traffic summary."""
+    from recsys.bench.simulate import simulate_traffic
+    from recsys.data.bandit_logs import LogOptions
+    from recsys.ope.setup import build_log_setup, read_log_only
+    from recsys.service.app import create_app
+    from recsys.service.config import serve_config
+    from recsys.service.join import join_logs
+
+    with serving(create_app(serve_config(serve))) as url:
+        out = simulate_traffic(url, world, n_requests, seed=seed, **traffic)
+    time.sleep(0.1)  # the last flush
+    join_logs(tmp / "log", tmp / "ope_log.parquet")
+    return build_log_setup(read_log_only(tmp / "ope_log.parquet", LogOptions(), catalogue), str(catalogue)), out

@@ -16,7 +16,7 @@ from recsys.service.app import create_app
 from recsys.service.config import serve_config
 from recsys.service.decision_log import DECISION_SCHEMA, FEEDBACK_SCHEMA, read_log
 from recsys.utils.errors import RecsysError
-from tests.service_helpers import build_bundles, serving
+from tests.service_helpers import build_bundles, served_log_setup, serving
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +85,10 @@ def test_serve_block_becomes_hydra_overrides_the_serve_command_accepts(paths, tm
 
 
 def test_bundle_policy_reproduces_the_services_slates(paths, world, tmp_path):
-    from recsys.data.bandit_logs import LogOptions
     from recsys.ope.served_policies import bundle_policy
-    from recsys.ope.setup import build_log_setup, read_log_only
-    from recsys.service.join import join_logs
 
     serve = _serve(paths, tmp_path)
-    app = create_app(serve_config(serve))
-    with serving(app) as url:
-        simulate_traffic(url, world, 60, seed=2)
-    time.sleep(0.1)
-    join_logs(tmp_path / "log", tmp_path / "ope_log.parquet")
-    s = build_log_setup(read_log_only(tmp_path / "ope_log.parquet", LogOptions(), paths["catalogue"]),
-                        str(paths["catalogue"]))
+    s, _ = served_log_setup(serve, world, 60, 2, tmp_path, paths["catalogue"])
     pol = bundle_policy(s, 0, serve=serve, mode="topk")
     # the replica answers the logged requests in order from the same state: a user with one request gets
     # exactly the slate the service served
@@ -127,20 +118,11 @@ def test_log_replay_with_clicks_reproduces_every_served_slate(paths, world, tmp_
     """The service gets its clicks as /v1/events (counters, recent items move between
     requests): the replica replaying the log's slates and clicks answers every request as
     the service did; without the clicks it does not."""
-    from recsys.data.bandit_logs import LogOptions
     from recsys.ope.served_policies import bundle_policy
-    from recsys.ope.setup import build_log_setup, read_log_only
-    from recsys.service.join import join_logs
 
     serve = _serve(paths, tmp_path)
-    app = create_app(serve_config(serve))
-    with serving(app) as url:
-        out = simulate_traffic(url, world, 80, seed=3, post_events=True)
-    time.sleep(0.1)
+    s, out = served_log_setup(serve, world, 80, 3, tmp_path, paths["catalogue"], post_events=True)
     assert out["overall"]["clicks_per_slate"]["mean"] > 0
-    join_logs(tmp_path / "log", tmp_path / "ope_log.parquet")
-    s = build_log_setup(read_log_only(tmp_path / "ope_log.parquet", LogOptions(), paths["catalogue"]),
-                        str(paths["catalogue"]))
     users = np.unique(s.log.users)
     # what the service served, per user: the mean over the user's requests of the one-hot slates
     want = np.zeros((len(users), s.slate_size, s.n_actions))
@@ -168,21 +150,13 @@ def test_mixture_logger_replica_gives_the_logged_propensities_and_supports_each_
     by request, exactly the propensity the service logged for every shown item; each
     challenger's greedy replica slate has logging probability >= share / 2 at every
     position (its importance weights are bounded by 2 / share)."""
-    from recsys.data.bandit_logs import LogOptions
     from recsys.ope.served_policies import bundle_policy
-    from recsys.ope.setup import build_log_setup, read_log_only
-    from recsys.service.join import join_logs
 
     challengers = {"ann_only": {"ranker": None}, "static": {"index": None, "ranker": None}}
     share = 0.4
     serve = _serve(paths, tmp_path, exploration={"default": {
         "policy": "softmax", "temperature": 0.05, "pool": 20, "mixture": challengers, "mixture_share": share}})
-    with serving(create_app(serve_config(serve))) as url:
-        simulate_traffic(url, world, 80, seed=5)
-    time.sleep(0.1)
-    join_logs(tmp_path / "log", tmp_path / "ope_log.parquet")
-    s = build_log_setup(read_log_only(tmp_path / "ope_log.parquet", LogOptions(), paths["catalogue"]),
-                        str(paths["catalogue"]))
+    s, _ = served_log_setup(serve, world, 80, 5, tmp_path, paths["catalogue"])
     log = s.log
     rows = np.arange(len(log.users))
     assert set(pq.read_table(tmp_path / "ope_log.parquet").column("logging_policy").to_pylist()) == {

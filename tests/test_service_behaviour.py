@@ -188,25 +188,15 @@ def test_ope_replica_reads_the_features_as_of_each_logged_request(world, paths, 
     the OPE replica of a served log (``bundle_policy``) answers each request as of the
     logged request's timestamp, so three hours later it still serves every logged
     slate, although the same pipeline at the shifted clock serves different ones."""
-    from recsys.bench.simulate import simulate_traffic
-    from recsys.data.bandit_logs import LogOptions
     from recsys.ope.served_policies import bundle_policy
-    from recsys.ope.setup import build_log_setup, read_log_only
-    from recsys.service.join import join_logs
     from recsys.service.pipeline import Request
-    from tests.service_helpers import serving
+    from tests.service_helpers import served_log_setup
 
     serve = {"bundles": {k: str(v) for k, v in paths.items()},
              "budgets": {"state_ms": 5000, "queue_ms": 5000, "query_ms": 5000, "retrieve_ms": 5000, "rank_ms": 5000},
              "decision_log": {"directory": str(tmp_path / "log"), "flush_interval_s": 0.2},
              "diversity": {"method": "none"}, "caps": {"user_item": None}}
-    app = create_app(serve_config(serve))
-    with serving(app) as url:
-        simulate_traffic(url, world, 40, seed=2)
-    time.sleep(0.1)
-    join_logs(tmp_path / "log", tmp_path / "ope_log.parquet")
-    s = build_log_setup(read_log_only(tmp_path / "ope_log.parquet", LogOptions(), paths["catalogue"]),
-                        str(paths["catalogue"]))
+    s, _ = served_log_setup(serve, world, 40, 2, tmp_path, paths["catalogue"])
     log = s.log
     assert np.isfinite(log.timestamps).all()
     real = time.time
