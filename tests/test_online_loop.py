@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
-from recsys.bench.online_loop import LoopPlan, run_loop
+from recsys.bench.online_loop import LoopPlan, run_loop, weights_from_summary
 from recsys.data.synthetic import SyntheticConfig, generate_world
 from recsys.utils.errors import RecsysError
 from tests.service_helpers import build_bundles
@@ -31,7 +32,8 @@ def test_loop_end_to_end_three_variants(paths, tmp_path):
                 "budgets": {"state_ms": 1000, "queue_ms": 1000, "query_ms": 1000, "retrieve_ms": 1000,
                             "rank_ms": 2000}}
     challengers = {"ann_only": {"ranker": None}, "static": {"index": None, "ranker": None}}
-    plan = LoopPlan(n_explore=600, n_canary=450, n_bootstrap=10, min_ess=50, canary_repeats=2)
+    plan = LoopPlan(n_explore=600, n_canary=450, n_bootstrap=10, min_ess=50, canary_repeats=2,
+                    mixture_weights={"champion": 1.0, "ann_only": 1.0, "static": 2.0})
     out = run_loop(world, champion, challengers, tmp_path, plan,
                    offline_ndcg={"champion": 0.3, "ann_only": 0.2, "static": 0.1})
     rows = out["variants"]
@@ -62,12 +64,17 @@ def test_loop_end_to_end_three_variants(paths, tmp_path):
     # the exploring champion's OPE on its own log = its measured online value
     self_ = out["champion_explore"]
     assert self_["ess"] > 250 and self_["rel_error"] < 0.15
-    # the exploration mixes in every variant's greedy slate (share 0.5 over 3 variants): each variant's weights
-    # are at most 6, so its ESS is near 600 / 6 or more (catalogue order got an ESS of 7 from a softmax around
-    # the champion alone), and its OPE is close to its canary arm
+    # the exploration mixes in every variant's greedy slate (share 0.5; weights 1, 1, 2 of 4): a variant's importance
+    # weights are at most 1 / (0.5 v), so its ESS is near 600 * 0.5 * v or more (catalogue order got an ESS of 7 from
+    # a softmax around the champion alone), and its OPE is close to its canary arm
     assert out["plan"]["mixture_share"] == 0.5
-    for name, r in rows.items():
-        assert r["ess"] > 80 and r["rel_error"] < 0.4, (name, r["ess"], r["rel_error"])
+    # static weighs 2 of 4: its greedy slate is a quarter of the log (propensity >= 0.25 at each position)
+    log = pq.read_table(tmp_path / "ope_log.parquet").to_pandas()
+    assert log["logging_policy"].str.contains("mixture(share=0.5,candidates=3,weighted)", regex=False).all()
+    assert (log["propensity"] >= 0.25 - 1e-9).mean() > 0.2
+    for name, v in (("champion", 0.25), ("ann_only", 0.25), ("static", 0.5)):
+        r = rows[name]
+        assert r["ess"] > 0.8 * 600 * 0.5 * v and r["rel_error"] < 0.4, (name, r["ess"], r["rel_error"])
     assert np.mean([r["rel_error"] for r in rows.values()]) < 0.2
     assert set(out["goals"]["within_10%_where_ess_ge_50"]) == {n for n, r in rows.items() if r["ess"] >= 50}
     ab = out["ab"]
@@ -88,4 +95,21 @@ def test_loop_refuses_a_challenger_named_champion(paths, tmp_path):
         run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(mixture_share=1.5))
     with pytest.raises(RecsysError, match="canary_repeats=0: expected >= 1"):
         run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(canary_repeats=0))
+    with pytest.raises(RecsysError, match=r"mixture_weights: expected a weight for champion and every challenger"):
+        run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(mixture_weights={"a": 1.0}))
     assert not np.any([p.name.startswith("explore") for p in tmp_path.iterdir()])
+
+
+def test_mixture_weights_from_a_previous_loop_are_one_over_its_ope(tmp_path):
+    """Weights 1 / OPE (equal relative precision), floored at a quarter of the median
+    estimate; a previous summary without one of this study's variants is refused."""
+    prev = tmp_path / "summary.json"
+    prev.write_text(json.dumps({"variants": {"champion": {"ope": 0.7}, "pop": {"ope": 0.3}, "zero": {"ope": 0.01},
+                                             "old": {"ope": 0.9}}}))
+    w = weights_from_summary(prev, ["champion", "pop", "zero"])
+    assert w["pop"] / w["champion"] == pytest.approx(0.7 / 0.3)
+    assert w["zero"] == pytest.approx(1 / (0.25 * 0.3))  # floored: median 0.3
+    with pytest.raises(RecsysError, match="'new'"):
+        weights_from_summary(prev, ["champion", "new"])
+    with pytest.raises(RecsysError, match="no such file"):
+        weights_from_summary(tmp_path / "nope.json", ["champion"])

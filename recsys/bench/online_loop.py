@@ -76,6 +76,9 @@ class LoopPlan:
             position.
         canary_repeats: canaries run one after the other, each with its own salt (user
             split) and traffic seed, ``n_canary`` requests each; ``online`` pools them.
+        mixture_weights: variant name (``champion`` and every challenger) -> relative weight
+            of its greedy slate in the mixture (None: uniform); see
+            :func:`weights_from_summary` for weights from a previous loop.
     """
 
     n_explore: int = 6000
@@ -92,6 +95,32 @@ class LoopPlan:
     contexts: str = "request"
     mixture_share: float = 0.5
     canary_repeats: int = 1
+    mixture_weights: dict[str, float] | None = None
+
+
+def weights_from_summary(path: str | Path, names: list[str], floor: float = 0.25) -> dict[str, float]:
+    """Mixture weights for this loop from a previous loop's ``summary.json``: ``1 / ope``
+    per variant, the estimate floored at ``floor`` times the median one (no variant takes
+    the whole share). With clicks per slate roughly Poisson, a variant worth ``v`` has
+    reward variance ``~ v``, so its relative standard error is ``~ 1 / sqrt(v ESS)``:
+    ESS proportional to ``1 / v`` gives every variant the same relative precision,
+    which is what the within-``tolerance`` goal asks of each. Every name must be in
+    the previous summary (a study changed since then is refused)."""
+    import json
+
+    p = Path(path)
+    try:
+        prev = json.loads(p.read_text())["variants"]
+        ope = {n: float(prev[n]["ope"]) for n in names}
+    except FileNotFoundError:
+        raise RecsysError(f"served.mixture_weights={str(p)!r}: no such file (a previous loop's summary.json)") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecsysError(f"{p}: expected a previous `recsys ope align source=served` summary with variants.<name>.ope "
+                          f"for every variant ({', '.join(names)}); missing or bad: {e}") from None
+    low = floor * float(np.median(list(ope.values())))
+    if not low > 0:
+        raise RecsysError(f"{p}: the previous OPE estimates are not positive ({ope}); give weights explicitly")
+    return {n: 1.0 / max(v, low) for n, v in ope.items()}
 
 
 def _rank_agreement(a: list[float], b: list[float]) -> tuple[float | None, float | None]:
@@ -131,6 +160,8 @@ def _exploration(plan: LoopPlan, challengers: Mapping[str, Mapping[str, Any]]) -
     if plan.mixture_share > 0:
         ex.update(mixture={"champion": {}, **{n: dict(b) for n, b in challengers.items()}},
                   mixture_share=float(plan.mixture_share))
+        if plan.mixture_weights is not None:
+            ex["mixture_weights"] = {n: float(w) for n, w in plan.mixture_weights.items()}
     return ex
 
 
@@ -167,6 +198,9 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
         raise RecsysError(f"loop.mixture_share={plan.mixture_share!r}: expected 0 <= value <= 1")
     if plan.canary_repeats < 1:
         raise RecsysError(f"loop.canary_repeats={plan.canary_repeats!r}: expected >= 1")
+    if plan.mixture_weights is not None and set(plan.mixture_weights) != {"champion", *challengers}:
+        raise RecsysError(f"served.mixture_weights: expected a weight for champion and every challenger "
+                          f"({', '.join(challengers)}), got {sorted(plan.mixture_weights)}")
     if plan.estimator not in ("DR", "SNIPS"):
         raise RecsysError(f"loop.estimator={plan.estimator!r}: expected DR or SNIPS")
     if "champion" in challengers or not challengers:

@@ -114,7 +114,7 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
     """``recsys ope align source=served``: champion explores -> logs join -> OPE of every variant ->
     canary arms measured online -> ab analyze -> align table (recsys.bench.online_loop)."""
     from recsys.bench.loop_study import build_study
-    from recsys.bench.online_loop import LoopPlan, run_loop
+    from recsys.bench.online_loop import LoopPlan, run_loop, weights_from_summary
     from recsys.cli.common import split_data
     from recsys.ope.served_policies import read_serving_config
 
@@ -134,11 +134,18 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
         task = [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("data")]
         study = build_study(out_dir / "study", data, split_data(cfg, data), world, task, str(cfg.paths.cache_dir),
                             int(sv["build"]["epochs"]), int(sv["build"]["ranker_steps"]), int(cfg.seed))
+    weights = sv.get("mixture_weights")
+    if isinstance(weights, str):  # a previous loop's summary: weights 1 / its OPE estimates
+        weights = weights_from_summary(weights, ["champion", *study["challengers"]])
+    elif weights is not None and not isinstance(weights, dict):
+        raise RecsysError(f"served.mixture_weights={weights!r}: expected null, a mapping name -> weight or the path "
+                          "of a previous loop's summary.json")
     plan = LoopPlan(n_explore=int(sv["n_explore"]), n_canary=int(sv["n_canary"]), exploration=dict(sv["exploration"]),
                     estimator=str(sv["estimator"]), min_ess=float(sv["min_ess"]), tolerance=float(sv["tolerance"]),
                     seed=int(cfg.seed), n_bootstrap=int(sv["n_bootstrap"]), channel=str(sv["channel"]),
                     post_events=bool(sv["post_events"]), contexts=str(sv["contexts"]),
-                    mixture_share=float(sv["mixture_share"]), canary_repeats=int(sv["canary_repeats"]))
+                    mixture_share=float(sv["mixture_share"]), canary_repeats=int(sv["canary_repeats"]),
+                    mixture_weights=weights)
     out = run_loop(world, study["champion"], study["challengers"], out_dir / "loop", plan,
                    study.get("offline_ndcg"))
     cols = ["offline_ndcg", "ope", "online", "online_cuped", "rel_error", "ess"]
@@ -152,6 +159,8 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
         print(f"online pools {reps['n']} canaries (fresh user splits); OPE vs the first canary alone: kendall tau "
               f"{out['single_canary']['kendall_tau']}; canary vs canary: kendall tau "
               + ", ".join(f"{x:.3f}" for x in reps["kendall_tau_between"]))
+    if weights is not None:
+        print("mixture weights: " + ", ".join(f"{n} {w / sum(weights.values()):.3f}" for n, w in weights.items()))
     ce = out["champion_explore"]
     print(f"exploring champion: OPE {ce['ope']:.4f} vs online {ce['online']:.4f} (ESS {ce['ess']:.0f})")
     for arm, v in out["ab"]["verdicts"].items():

@@ -36,12 +36,16 @@ ordering, ``n = min(pool, len(ordering))``, at least ``k`` when available):
 **Mixture** (``mixture``: candidate bundle sets, ``mixture_share``: ``s``): the
 service also computes the greedy slate ``c`` of each of the ``C`` candidates for the
 request (through the same pipeline, from the same state); with probability ``s`` the
-slate is a uniformly chosen candidate's, else the policy above draws it. The
-marginal is exact: ``mu_j(a) = (1 - s) base_j(a) + s / C * #{c : c_j = a}``. This
-is exploration *toward* known challengers: every challenger's own slate is shown
-with probability at least ``s / C``, so each one's off-policy estimate has support
-at every position (importance weight at most ``C / s``), where a softmax around
-the champion rarely shows what a different retrieval model would.
+slate is a candidate's, chosen uniformly or with probability ``v_c`` (``mixture_weights``,
+normalised), else the policy above draws it. The marginal is exact:
+``mu_j(a) = (1 - s) base_j(a) + s * sum_c v_c [c_j = a]`` (``v_c = 1 / C`` when
+uniform). This is exploration *toward* known challengers: every challenger's own
+slate is shown with probability at least ``s v_c``, so each one's off-policy
+estimate has support at every position (importance weight at most ``1 / (s v_c)``),
+where a softmax around the champion rarely shows what a different retrieval model
+would. Weights put more of that traffic where an estimate needs it (a variant worth
+``v`` clicks per slate needs an effective sample size ``~ 1 / v`` for the same
+relative error: docs/online_loop.md).
 
 The draw of one decision is seeded by its ``decision_id``, so a logged decision can
 be replayed.
@@ -67,7 +71,8 @@ class Exploration:
     fixed: int = 1                    # topk_random_tail: leading positions kept greedy
     levels: list[str] | None = None   # levels explored (null: personalised only); others are deterministic
     mixture: dict[str, Any] | None = None  # candidate bundle sets (name -> serve.bundles overrides) served greedily
-    mixture_share: float = 0.5        # with a mixture: probability the slate is a uniformly chosen candidate's
+    mixture_share: float = 0.5        # with a mixture: probability the slate is a candidate's
+    mixture_weights: dict[str, float] | None = None  # candidate name -> relative weight (every one; null: uniform)
 
     def check(self, where: str) -> str | None:
         """The first problem as one line naming the key, or None."""
@@ -79,6 +84,16 @@ class Exploration:
                     return f"{where}.mixture.{name}: expected a mapping of serve.bundles overrides"
             if not 0.0 < float(self.mixture_share) <= 1.0:
                 return f"{where}.mixture_share: expected 0 < value <= 1"
+            if self.mixture_weights is not None:
+                w = self.mixture_weights
+                if not isinstance(w, Mapping) or set(w) != set(self.mixture):
+                    return (f"{where}.mixture_weights: expected a weight for every mixture candidate "
+                            f"({', '.join(map(str, self.mixture))}), got {sorted(w) if isinstance(w, Mapping) else w!r}")
+                bad = [n for n, v in w.items() if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0)]
+                if bad:
+                    return f"{where}.mixture_weights.{bad[0]}: expected a finite number > 0"
+        elif self.mixture_weights is not None:
+            return f"{where}.mixture_weights: given without a mixture"
         if self.policy not in POLICIES:
             return f"{where}.policy={self.policy!r}: expected one of {', '.join(POLICIES)}"
         if not 0.0 <= float(self.epsilon) <= 1.0:
@@ -90,6 +105,14 @@ class Exploration:
         if int(self.fixed) < 0:
             return f"{where}.fixed: expected >= 0"
         return None
+
+    def candidate_probs(self) -> np.ndarray:
+        """P(candidate c | the slate is a mixture candidate's), in ``mixture`` order."""
+        names = list(self.mixture or {})
+        if self.mixture_weights is None:
+            return np.full(len(names), 1.0 / max(len(names), 1))
+        w = np.array([float(self.mixture_weights[n]) for n in names])
+        return w / w.sum()
 
     @property
     def explored_levels(self) -> tuple[str, ...]:
@@ -103,13 +126,15 @@ class Exploration:
     @property
     def base(self) -> "Exploration":
         """The policy without its mixture."""
-        return replace(self, mixture=None) if self.mixture else self
+        return replace(self, mixture=None, mixture_weights=None) if self.mixture else self
 
     @property
     def name(self) -> str:
         """The ``logging_policy`` tag of the randomisation."""
         if self.mixture:
-            return f"mixture(share={float(self.mixture_share):g},candidates={len(self.mixture)})+{self.base.name}"
+            weighted = ",weighted" if self.mixture_weights is not None else ""
+            return (f"mixture(share={float(self.mixture_share):g},candidates={len(self.mixture)}{weighted})"
+                    f"+{self.base.name}")
         if self.policy == "epsilon_greedy":
             return f"epsilon_greedy(eps={self.epsilon:g},pool={self.pool})"
         if self.policy == "softmax":
@@ -233,9 +258,10 @@ def mixture_distribution(ex: Exploration, ordering: list[str], scores: dict[str,
     base = marginals(ex.base, [scores.get(i) for i in pool], k)
     share = float(ex.mixture_share) if candidates else 0.0
     out[: len(pool), : base.shape[1]] = (1.0 - share) * base
-    for c in candidates:
+    v = ex.candidate_probs() if candidates else np.zeros(0)
+    for c, vc in zip(candidates, v):
         for j, a in enumerate(c[:k]):
-            out[at[a], j] += share / len(candidates)
+            out[at[a], j] += share * vc
     return items, out
 
 
@@ -247,8 +273,10 @@ def explore_mixture(ex: Exploration, ordering: list[str], scores: dict[str, floa
         return explore(ex.base, ordering, scores, k, rng)
     share = float(ex.mixture_share)
     pool = _pool(ex, ordering, k)
-    if rng.random() < share:
-        slate = list(candidates[int(rng.integers(len(candidates)))][:k])
+    v = ex.candidate_probs()
+    if rng.random() < share:  # uniform: the draw of the unweighted mixture (a logged decision replays the same)
+        c = int(rng.integers(len(candidates))) if ex.mixture_weights is None else int(rng.choice(len(v), p=v))
+        slate = list(candidates[c][:k])
     elif ex.policy == "none":
         slate = pool[:k]
     else:  # the base draw; its marginals are computed once, below, with the candidates' items
@@ -261,6 +289,5 @@ def explore_mixture(ex: Exploration, ordering: list[str], scores: dict[str, floa
     props = []
     for j, a in enumerate(slate):
         b = float(row[a][j]) if a in row and j < len(row[a]) else 0.0
-        props.append((1.0 - share) * b + share * sum(1 for c in candidates if j < len(c) and c[j] == a)
-                     / len(candidates))
+        props.append((1.0 - share) * b + share * sum(vc for c, vc in zip(candidates, v) if j < len(c) and c[j] == a))
     return slate, props
