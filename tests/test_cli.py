@@ -112,7 +112,7 @@ def test_evaluate_sweep_with_multirun(tmp_path, tiny_synthetic):
 def test_demo_end_to_end(tmp_path, tiny_synthetic):
     run_dir = tmp_path / "demo"
     res = run("demo", *tiny_synthetic, "trainer.max_epochs=8", "loop_stage.n_explore=500", "loop_stage.n_canary=600",
-              "loop_stage.n_bootstrap=10", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+              "loop_stage.n_bootstrap=10", "ope_options.n_bootstrap=10", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "test/ndcg@10" in res.stdout  # the results table
     summary = json.loads((run_dir / "summary.json").read_text())
