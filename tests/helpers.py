@@ -32,9 +32,18 @@ def prepared(rows: list[tuple[str, str, float]], timestamp_kind: str = "unix") -
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m recsys <args>`` in a subprocess (real exit codes, real argv handling)."""
+def run(*args: str, cwd: Path | None = None, env: dict | None = None, fresh: bool = False
+        ) -> subprocess.CompletedProcess:
+    """``python -m recsys <args>`` as its own process (real exit codes, argv, working
+    directory, environment, stdout / stderr): forked from the worker's fork server
+    (``tests/forkserver.py``: torch and Lightning imported once), or with ``fresh``
+    (a test of what a command imports or prints while importing) a new interpreter."""
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    from tests.forkserver import server
+
+    fs = None if fresh else server()
+    if fs is not None:
+        return fs.run(list(args), cwd or ROOT, full_env, timeout=600)
     return subprocess.run([sys.executable, "-m", "recsys", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=full_env, timeout=600)
 

@@ -18,7 +18,8 @@ def test_train_prints_no_library_chatter(tmp_path):
     res = run("train", "experiment=sasrec_synthetic", "data.n_users=200", "data.n_items=60", "datamodule.max_len=10",
               "net.hidden=16", "~logger", "trainer.enable_progress_bar=false", "trainer.max_epochs=1",
               f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", cwd=tmp_path,
-              env={"MPLCONFIGDIR": str(tmp_path / "mpl")})  # an empty font cache: matplotlib rebuilds it
+              env={"MPLCONFIGDIR": str(tmp_path / "mpl")},  # an empty font cache: matplotlib rebuilds it
+              fresh=True)  # import-time chatter too: a new interpreter, not the tests' fork server
     assert res.returncode == 0, res.stderr[-3000:]
     text = res.stdout + res.stderr
     assert "summary:" in res.stdout and "SASRec/FullSoftmaxCE" in res.stdout
