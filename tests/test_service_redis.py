@@ -43,9 +43,15 @@ def redis_cfg(paths, tmp_path, server, **over):
 def test_caps_hold_across_two_instances_under_concurrent_requests(paths, tmp_path, server):
     caps = {"user_item": {"limit": 2, "window_s": 300}, "user_channel": {"limit": 20, "window_s": 300},
             "user": {"limit": 30, "window_s": 300}}
-    apps = [create_app(redis_cfg(paths, tmp_path / f"a{i}", server, caps=caps)) for i in range(2)]
+    # generous state timeouts and budgets: this is about caps shared through the server, so no decision may
+    # fall back for a slow state call on a loaded machine (a state the service cannot read serves an uncapped
+    # static slate, by design: tested below with a killed server)
+    slow_ok = {"state_ms": 10000, "queue_ms": 10000, "query_ms": 10000, "retrieve_ms": 10000, "rank_ms": 10000}
+    apps = [create_app(redis_cfg(paths, tmp_path / f"a{i}", server, caps=caps, redis_timeout_s=10.0, budgets=slow_ok))
+            for i in range(2)]
     shown: list[tuple[str, str, str]] = []  # (user, channel, item)
     statuses: Counter = Counter()
+    unavailable: list[list[str]] = []
     lock = threading.Lock()
     with serving(apps[0]) as url0, serving(apps[1]) as url1:
         def worker(url: str, user: str, channel: str) -> None:
@@ -55,6 +61,8 @@ def test_caps_hold_across_two_instances_under_concurrent_requests(paths, tmp_pat
                     with lock:
                         statuses[r.status_code] += 1
                         shown.extend((user, channel, i) for i in r.json()["items"])
+                        if any("unavailable" in x for x in r.json()["reasons"]):
+                            unavailable.append(r.json()["reasons"])
         threads = [threading.Thread(target=worker, args=(url, u, ch))
                    for url in (url0, url1) for u in ("1", "2") for ch in ("home", "email")]
         for t in threads:
@@ -62,6 +70,7 @@ def test_caps_hold_across_two_instances_under_concurrent_requests(paths, tmp_pat
         for t in threads:
             t.join()
     assert statuses == {200: 64}
+    assert not unavailable, unavailable  # every decision read the shared state
     per_user_item = Counter((u, i) for u, _, i in shown)
     per_user_channel = Counter((u, ch) for u, ch, _ in shown)
     per_user = Counter(u for u, _, _ in shown)
