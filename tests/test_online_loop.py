@@ -14,6 +14,7 @@ import pytest
 from recsys.bench.online_loop import LoopPlan, run_loop, weights_from_summary
 from recsys.data.synthetic import SyntheticConfig, generate_world
 from recsys.utils.errors import RecsysError
+from tests.helpers import run
 from tests.service_helpers import build_bundles
 
 
@@ -97,6 +98,8 @@ def test_loop_refuses_a_challenger_named_champion(paths, tmp_path):
         run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(canary_repeats=0))
     with pytest.raises(RecsysError, match=r"mixture_weights: expected a weight for champion and every challenger"):
         run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(mixture_weights={"a": 1.0}))
+    with pytest.raises(RecsysError, match="given with mixture_share=0"):
+        run_loop(None, {}, {"a": {}}, tmp_path, LoopPlan(mixture_share=0.0, mixture_weights={"champion": 1, "a": 1}))
     assert not np.any([p.name.startswith("explore") for p in tmp_path.iterdir()])
 
 
@@ -113,3 +116,13 @@ def test_mixture_weights_from_a_previous_loop_are_one_over_its_ope(tmp_path):
         weights_from_summary(prev, ["champion", "new"])
     with pytest.raises(RecsysError, match="no such file"):
         weights_from_summary(tmp_path / "nope.json", ["champion"])
+    assert set(weights_from_summary(prev)) == {"champion", "pop", "zero", "old"}  # the file checked on its own
+
+
+def test_align_refuses_a_missing_prior_summary_in_one_line_before_building_anything(tmp_path):
+    res = run("ope", "align", "source=served", f"served.mixture_weights={tmp_path / 'nope.json'}",
+              f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode != 0 and len(lines) == 1, res.stderr[-2000:]
+    assert "served.mixture_weights=" in lines[0] and "no such file" in lines[0]
+    assert not (tmp_path / "run" / "study").exists() and not (tmp_path / "run" / "summary.json").exists()

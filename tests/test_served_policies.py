@@ -4,9 +4,6 @@ world's log beside the truth, and a run whose vocabulary does not match the log
 is refused in one line."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from recsys.data.synthetic_source import SyntheticLoader, load_world
 from recsys.ope import EstimatorOptions, build_log_setup, build_policy, build_setup, evaluate_policy
 from recsys.ope.served_policies import run_policy
 from recsys.utils.errors import RecsysError
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run
 
 N_USERS, N_ITEMS = 200, 60
 TINY = [f"data.n_users={N_USERS}", f"data.n_items={N_ITEMS}", "data.loader.n_requests=3000", "~logger",
@@ -31,21 +28,16 @@ TINY = [f"data.n_users={N_USERS}", f"data.n_items={N_ITEMS}", "data.loader.n_req
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A SASRec and a two-tower run trained at once (two processes), sharing a data cache."""
+    """A SASRec and a two-tower run (`recsys train`, forked from the tests' fork server), sharing a data cache."""
     root = tmp_path_factory.mktemp("runs")
     cache = root / "cache"
     prepare(SyntheticLoader(n_users=N_USERS, n_items=N_ITEMS, n_requests=3000), cache, "synthetic",
             event_types=["click"])  # prepared once, so the two trainings only read it
-    procs = {}
     for name, exp, extra in (("sasrec", "sasrec_synthetic", ["datamodule.max_len=20", "net.hidden=16"]),
                              ("two_tower", "two_tower_synthetic", [])):
-        procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "recsys", "train", f"experiment={exp}", *TINY, *extra, f"paths.cache_dir={cache}",
-             f"hydra.run.dir={root / name}"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "WANDB_MODE": "offline"})
-    for name, p in procs.items():
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, (name, err[-3000:])
+        r = run("train", f"experiment={exp}", *TINY, *extra, f"paths.cache_dir={cache}", f"hydra.run.dir={root / name}",
+                cwd=root)
+        assert r.returncode == 0, (name, r.stderr[-3000:])
     return {"sasrec": root / "sasrec", "two_tower": root / "two_tower", "cache": cache}
 
 

@@ -98,25 +98,26 @@ class LoopPlan:
     mixture_weights: dict[str, float] | None = None
 
 
-def weights_from_summary(path: str | Path, names: list[str], floor: float = 0.25) -> dict[str, float]:
+def weights_from_summary(path: str | Path, names: list[str] | None = None, floor: float = 0.25) -> dict[str, float]:
     """Mixture weights for this loop from a previous loop's ``summary.json``: ``1 / ope``
     per variant, the estimate floored at ``floor`` times the median one (no variant takes
     the whole share). With clicks per slate roughly Poisson, a variant worth ``v`` has
     reward variance ``~ v``, so its relative standard error is ``~ 1 / sqrt(v ESS)``:
     ESS proportional to ``1 / v`` gives every variant the same relative precision,
     which is what the within-``tolerance`` goal asks of each. Every name must be in
-    the previous summary (a study changed since then is refused)."""
+    the previous summary (a study changed since then is refused); ``names=None``: every
+    variant of that summary (to check the file before a long study is built)."""
     import json
 
     p = Path(path)
     try:
         prev = json.loads(p.read_text())["variants"]
-        ope = {n: float(prev[n]["ope"]) for n in names}
+        ope = {n: float(prev[n]["ope"]) for n in (list(prev) if names is None else names)}
     except FileNotFoundError:
         raise RecsysError(f"served.mixture_weights={str(p)!r}: no such file (a previous loop's summary.json)") from None
     except (KeyError, TypeError, ValueError) as e:
         raise RecsysError(f"{p}: expected a previous `recsys ope align source=served` summary with variants.<name>.ope "
-                          f"for every variant ({', '.join(names)}); missing or bad: {e}") from None
+                          f"for every variant ({', '.join(names or [])}); missing or bad: {e}") from None
     low = floor * float(np.median(list(ope.values())))
     if not low > 0:
         raise RecsysError(f"{p}: the previous OPE estimates are not positive ({ope}); give weights explicitly")
@@ -198,6 +199,8 @@ def run_loop(world: Any, champion: Mapping[str, Any], challengers: Mapping[str, 
         raise RecsysError(f"loop.mixture_share={plan.mixture_share!r}: expected 0 <= value <= 1")
     if plan.canary_repeats < 1:
         raise RecsysError(f"loop.canary_repeats={plan.canary_repeats!r}: expected >= 1")
+    if plan.mixture_weights is not None and plan.mixture_share == 0:
+        raise RecsysError("served.mixture_weights: given with mixture_share=0 (no mixture to weight)")
     if plan.mixture_weights is not None and set(plan.mixture_weights) != {"champion", *challengers}:
         raise RecsysError(f"served.mixture_weights: expected a weight for champion and every challenger "
                           f"({', '.join(challengers)}), got {sorted(plan.mixture_weights)}")

@@ -120,6 +120,12 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
 
     sv = OmegaConf.to_container(cfg.served, resolve=True)
     assert isinstance(sv, dict)
+    weights = sv.get("mixture_weights")
+    if isinstance(weights, str):
+        weights_from_summary(weights)  # a bad file is refused before any data or study is built
+    elif weights is not None and not isinstance(weights, dict):
+        raise RecsysError(f"served.mixture_weights={weights!r}: expected null, a mapping name -> weight or the path "
+                          "of a previous loop's summary.json")
     data, _ = load_data(cfg)
     world = load_world(data.extras_dir, data.extras)
     if world is None:
@@ -134,12 +140,8 @@ def _align_served(cfg: DictConfig, t0: float) -> dict:
         task = [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("data")]
         study = build_study(out_dir / "study", data, split_data(cfg, data), world, task, str(cfg.paths.cache_dir),
                             int(sv["build"]["epochs"]), int(sv["build"]["ranker_steps"]), int(cfg.seed))
-    weights = sv.get("mixture_weights")
     if isinstance(weights, str):  # a previous loop's summary: weights 1 / its OPE estimates
         weights = weights_from_summary(weights, ["champion", *study["challengers"]])
-    elif weights is not None and not isinstance(weights, dict):
-        raise RecsysError(f"served.mixture_weights={weights!r}: expected null, a mapping name -> weight or the path "
-                          "of a previous loop's summary.json")
     plan = LoopPlan(n_explore=int(sv["n_explore"]), n_canary=int(sv["n_canary"]), exploration=dict(sv["exploration"]),
                     estimator=str(sv["estimator"]), min_ess=float(sv["min_ess"]), tolerance=float(sv["tolerance"]),
                     seed=int(cfg.seed), n_bootstrap=int(sv["n_bootstrap"]), channel=str(sv["channel"]),
